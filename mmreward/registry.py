@@ -184,9 +184,7 @@ def _import_attr(target: str) -> Any:
     return obj
 
 
-def _build(
-    factory: Callable[..., Any], weights: Path | None, kwargs: dict[str, Any], name: str
-):
+def _build(factory: Callable[..., Any], weights: Path | None, kwargs: dict[str, Any], name: str):
     params = inspect.signature(factory).parameters
     takes_weights = "weights" in params
     model = factory(weights=weights, **kwargs) if takes_weights else factory(**kwargs)
@@ -267,50 +265,13 @@ def _load_dir(path: Path, trust_remote_code: bool, overrides: dict[str, Any]):
     return model
 
 
-# --------------------------------------------------------------------------------------
-# Built-in entries. Factories are lazy strings: nothing below imports a model package.
-# --------------------------------------------------------------------------------------
-_DDPO = "Black et al. 2023, Training Diffusion Models with Reinforcement Learning (DDPO)"
-_BUILTIN = [
-    RewardSpec(
-        "jpeg.compressibility",
-        "mmreward.analytic:JpegCompressibility",
-        description="−(JPEG size in kB at quality 95): the DDPO compressibility reward.",
-        paper=_DDPO,
-        license="Apache-2.0",
-        default=True,
-    ),
-    RewardSpec(
-        "jpeg.incompressibility",
-        "mmreward.analytic:JpegIncompressibility",
-        description="+(JPEG size in kB at quality 95): the DDPO incompressibility reward.",
-        paper=_DDPO,
-        license="Apache-2.0",
-    ),
-    RewardSpec(
-        "colorfulness.hasler",
-        "mmreward.analytic:Colorfulness",
-        description="Hasler & Süsstrunk colourfulness σ_rgyb + 0.3·μ_rgyb (differentiable).",
-        paper="Hasler & Süsstrunk 2003, Measuring colourfulness in natural images",
-        license="Apache-2.0",
-        default=True,
-    ),
-    RewardSpec(
-        "sharpness.laplacian",
-        "mmreward.analytic:Sharpness",
-        description="Variance of the Laplacian of luminance (differentiable).",
-        paper="Pech-Pacheco et al. 2000, Diatom autofocusing in brightfield microscopy",
-        license="Apache-2.0",
-        default=True,
-    ),
-    RewardSpec(
-        "convnet.tiny",
-        "mmreward.convnet:TinyConvReward",
-        description="A small trainable CNN image reward (random init; train it or pass weights).",
-        preprocess={"resolution": 32, "resize": "bilinear", "antialias": True},
-        license="Apache-2.0",
-        default=True,
-    ),
-]
-for _spec in _BUILTIN:
-    register(_spec)
+# Built-in entries live in mmreward/catalog/ (data only: lazy factory strings, no imports
+# of model packages), one module per area.
+def _register_catalog() -> None:
+    from mmreward.catalog import ENTRIES
+
+    for spec in ENTRIES:
+        register(spec)
+
+
+_register_catalog()

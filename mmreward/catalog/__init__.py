@@ -1,0 +1,11 @@
+"""The registry's built-in entries, one module per area (data only, no model imports).
+
+Each module defines ``ENTRIES: list[RewardSpec]`` with lazy ``"package.module:factory"``
+strings; add a module here and list it below to register a new family.
+"""
+
+from __future__ import annotations
+
+from mmreward.catalog import core, imagereward, text, vision
+
+ENTRIES = [*core.ENTRIES, *vision.ENTRIES, *imagereward.ENTRIES, *text.ENTRIES]
