@@ -1,0 +1,188 @@
+"""The demo end to end on a small setting, and the report writers it is built on."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmreward.demo import analytic_reward_names, gaussian_blur, run_demo
+from mmreward.report import (
+    Gallery,
+    GalleryItem,
+    Section,
+    plot_curves,
+    save_image_grid,
+    save_png,
+    write_gallery_html,
+    write_json,
+)
+
+ANALYTIC = {
+    "jpeg.compressibility",
+    "jpeg.incompressibility",
+    "colorfulness.hasler",
+    "sharpness.laplacian",
+}
+PHOTOS = ["astronaut", "coffee", "camera", "coins"]  # two colour, two grey
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    summary = run_demo(out, n_digits=8, seed=0, progress=False, photos=PHOTOS)
+    return out, summary
+
+
+def test_analytic_rewards_are_found_in_the_registry():
+    assert set(analytic_reward_names()) >= ANALYTIC
+    assert "convnet.tiny" not in analytic_reward_names()
+
+
+def test_demo_writes_every_file(demo):
+    out, summary = demo
+    for name in ("scores.jsonl", "summary.json", "report.html"):
+        assert (out / name).is_file(), name
+    for fig in summary["files"]["figures"]:
+        assert (out / fig).is_file()
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["checks"].keys() == summary["checks"].keys()
+    assert saved["all_checks_passed"] is True
+    assert not list(out.glob(".*.tmp")), "atomic writes left temporary files"
+
+
+def test_summary_has_every_reward(demo):
+    out, _ = demo
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["rewards"]) == set(analytic_reward_names())
+    for stats in summary["rewards"].values():
+        assert stats["min"] <= stats["mean"] <= stats["max"]
+        assert stats["std"] >= 0
+    assert summary["data"]["n_items"] == len(PHOTOS) + 2 * 8
+    names = summary["spearman"]["names"]
+    m = np.array(summary["spearman"]["matrix"], dtype=float)
+    assert m.shape == (len(names), len(names))
+    assert np.allclose(np.diag(m), 1.0)
+    i, j = names.index("jpeg.compressibility"), names.index("jpeg.incompressibility")
+    assert m[i, j] == pytest.approx(-1.0)
+    assert summary["wall_time_s"] > 0
+
+
+def test_scores_jsonl_has_one_row_per_item_and_reward(demo):
+    out, summary = demo
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == summary["data"]["n_items"] * len(summary["rewards"])
+    for row in rows:
+        assert {"id", "caption", "reward", "score", "sub_scores", "image"} <= row.keys()
+        assert (out / row["image"]).is_file()
+    colour = [r for r in rows if r["reward"] == "colorfulness.hasler"]
+    assert set(colour[0]["sub_scores"]) == {"sigma_rgyb", "mu_rgyb"}
+
+
+def test_jpeg_rewards_are_exact_negatives(demo):
+    out, summary = demo
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    comp = {r["id"]: r["score"] for r in rows if r["reward"] == "jpeg.compressibility"}
+    incomp = {r["id"]: r["score"] for r in rows if r["reward"] == "jpeg.incompressibility"}
+    assert comp.keys() == incomp.keys() and comp
+    assert all(comp[k] == -incomp[k] for k in comp)
+    assert summary["checks"]["jpeg_rewards_are_negatives"]["max_abs_error"] == 0.0
+
+
+def test_blurred_digits_score_lower_on_sharpness(demo):
+    _, summary = demo
+    check = summary["checks"]["blurred_digits_less_sharp"]
+    assert check["n_pairs"] == 8
+    assert check["fraction"] >= 0.9 and check["passed"]
+    assert summary["checks"]["colour_photos_more_colourful"]["fraction"] == 1.0
+
+
+def test_report_references_existing_images(demo):
+    out, summary = demo
+    text = (out / "report.html").read_text()
+    srcs = re.findall(r'<img src="([^"]+)"', text)
+    # 2 figures + best/worst galleries of 6 for every reward
+    assert len(srcs) == 2 + 2 * 6 * len(summary["rewards"])
+    for src in srcs:
+        assert not src.startswith(("/", "http")), src
+        assert (out / src).is_file(), src
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    for name in summary["rewards"]:
+        assert f"<h2>{name}</h2>" in text
+
+
+def test_gaussian_blur_preserves_constant_images_and_mass():
+    x = torch.full((1, 3, 9, 9), 0.25)
+    assert torch.allclose(gaussian_blur(x, 1.0), x)
+    y = torch.zeros(1, 1, 15, 15)
+    y[..., 7, 7] = 1.0
+    assert gaussian_blur(y, 1.0).sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_gallery_html_escapes_text_and_checks_paths(tmp_path):
+    png = save_png(torch.rand(3, 8, 12), tmp_path / "images" / "x.png")
+    evil = '<script>alert("x")</script> & co'
+    section = Section(
+        evil,
+        evil,
+        table=[{"name": evil, "value": 1.23456789}],
+        galleries=[Gallery(evil, [GalleryItem(png, evil, {evil: 0.5})])],
+    )
+    path = write_gallery_html(tmp_path / "report.html", evil, [section])
+    text = path.read_text()
+    assert "<script>" not in text
+    assert "&lt;script&gt;" in text and "&amp; co" in text
+    assert 'src="images/x.png"' in text  # absolute path made relative
+    assert "1.235" in text
+    # dict sections work too; a missing image is an error, not a broken link
+    write_gallery_html(tmp_path / "r2.html", "t", [{"heading": "h", "figures": ["images/x.png"]}])
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        write_gallery_html(
+            tmp_path / "r3.html", "t", [{"heading": "h", "figures": ["missing.png"]}]
+        )
+
+
+def test_png_helpers(tmp_path):
+    img = torch.rand(3, 5, 7)
+    arr = np.asarray(Image.open(save_png(img, tmp_path / "a.png")))
+    assert arr.shape == (5, 7, 3)
+    assert np.abs(arr / 255.0 - img.permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(ValueError, match=r"\[0,1\]"):
+        save_png(img * 255, tmp_path / "b.png")
+    grid = save_image_grid(
+        [torch.rand(3, 4, 4), torch.rand(3, 6, 2), torch.rand(3, 4, 4)],
+        tmp_path / "g.png",
+        nrow=2,
+        padding=1,
+    )
+    assert Image.open(grid).size == (2 * (4 + 1) + 1, 2 * (6 + 1) + 1)
+
+
+def test_write_json_is_atomic_and_strict(tmp_path):
+    path = write_json(
+        tmp_path / "s.json",
+        {"x": np.float32(2.5), "t": torch.arange(3), "nan": float("nan"), "p": Path("a/b")},
+    )
+    assert json.loads(path.read_text()) == {"x": 2.5, "t": [0, 1, 2], "nan": None, "p": "a/b"}
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+    with pytest.raises(TypeError):
+        write_json(tmp_path / "bad.json", {"x": object()})
+    assert not (tmp_path / "bad.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+def test_plot_curves_writes_png(tmp_path):
+    path = plot_curves(
+        {"reward": ([0, 1, 2], [0.1, 0.4, 0.3])},
+        tmp_path / "c.png",
+        xlabel="step",
+        ylabel="mean reward",
+    )
+    assert Image.open(path).format == "PNG"
+    with pytest.raises(ValueError, match="xs"):
+        plot_curves({"bad": ([0, 1], [1.0])}, tmp_path / "d.png")
