@@ -75,6 +75,7 @@ class Colorfulness(RewardModel):
     def __init__(self, eps: float = 1e-6) -> None:
         super().__init__()
         self.eps = eps  # keeps sqrt differentiable at 0 (grey images)
+        self.init_kwargs = {"eps": eps}
 
     def compute(self, batch: RewardInput) -> RewardOutput:
         x = batch.images.float() * 255.0

@@ -45,12 +45,18 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, Tenso
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # the pickle holds objects other than tensors
             raise CheckpointError(
-                [], [], source=f"{path} (cannot be read with weights_only=True: {e}; "
-                "convert it to safetensors or to a plain state dict)"
+                [],
+                [],
+                source=f"{path} (cannot be read with weights_only=True: {e}; "
+                "convert it to safetensors or to a plain state dict)",
             ) from e
     else:
         raise ValueError(
             f"checkpoint: expected a .safetensors or {'/'.join(PICKLE_SUFFIXES)} file, got {path}"
+        )
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(
+            [], [], source=f"{path} (holds a {type(sd).__name__}, not a state dict of tensors)"
         )
     if key is not None:
         if key not in sd:

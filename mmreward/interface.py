@@ -103,6 +103,8 @@ class RewardInput:
         sizes = {}
         for name in INPUT_FIELDS:
             value = getattr(self, name)
+            if isinstance(value, str):
+                raise InputError(name, "a list of strings", "a single string; wrap it in a list")
             if value is not None:
                 sizes[name] = value.shape[0] if isinstance(value, Tensor) else len(value)
         if not sizes:
@@ -139,9 +141,8 @@ class RewardInput:
                     raise InputError("steps", "a list of lists of strings", f"item {i}: {s!r}")
                 if "steps" in required and len(s) == 0:
                     raise InputError("steps", "at least one step per item", f"none at index {i}")
-        if self.fps is not None and not isinstance(self.fps, (int, float)):
-            if len(self.fps) != n:
-                raise InputError("fps", f"a number or {n} numbers", _describe(self.fps))
+        if self.fps is not None and not isinstance(self.fps, (int, float)) and len(self.fps) != n:
+            raise InputError("fps", f"a number or {n} numbers", _describe(self.fps))
         return n
 
     def select(self, index: Sequence[int] | slice) -> RewardInput:
@@ -149,14 +150,19 @@ class RewardInput:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None or f.name == "extras":
-                out[f.name] = value
-            elif f.name == "fps" and isinstance(value, (int, float)):
+            if (
+                value is None
+                or f.name == "extras"
+                or f.name == "fps"
+                and isinstance(value, (int, float))
+            ):
                 out[f.name] = value
             elif isinstance(value, Tensor):
                 out[f.name] = value[index] if isinstance(index, slice) else value[list(index)]
             else:
-                out[f.name] = value[index] if isinstance(index, slice) else [value[i] for i in index]
+                out[f.name] = (
+                    value[index] if isinstance(index, slice) else [value[i] for i in index]
+                )
         return RewardInput(**{**out, "extras": dict(self.extras)})
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
@@ -229,10 +235,14 @@ class RewardOutput:
         """Rows in the order ``index`` (used to undo size-grouping in :meth:`score`)."""
         idx = torch.as_tensor(list(index), dtype=torch.long, device=self.scores.device)
         steps = [self.step_scores[i] for i in index] if self.step_scores is not None else None
-        extras = {
-            k: (v[idx] if isinstance(v, Tensor) and v.ndim > 0 else v)
-            for k, v in self.extras.items()
-        }
+        n = self.scores.shape[0]
+        extras = {}
+        for k, v in self.extras.items():
+            if isinstance(v, Tensor) and v.ndim > 0:
+                v = v[idx]
+            elif isinstance(v, list) and len(v) == n:
+                v = [v[i] for i in index]
+            extras[k] = v
         return RewardOutput(
             scores=self.scores[idx],
             sub_scores={k: v[idx] for k, v in self.sub_scores.items()},
@@ -421,7 +431,9 @@ class RewardModel(nn.Module):
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``mmreward.json`` and ``model.safetensors`` so :func:`mmreward.load` rebuilds it."""
         from mmreward.checkpoint import save_model_dir
+        from mmreward.registry import registered_name
 
+        self.reward_name = registered_name(self)
         return save_model_dir(self, directory)
 
     def extra_repr(self) -> str:

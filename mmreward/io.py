@@ -49,9 +49,9 @@ def load_image(path: str | Path) -> Tensor:
 def pil_to_tensor(im: Image.Image) -> Tensor:
     """A PIL image as ``(3,H,W)`` float in [0,1] (mode handling as in the module docstring)."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale (8-bit images open as "L"): full scale is 65535
         arr = np.asarray(im, dtype=np.float64)
-        scale = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / scale, 0.0, 1.0).astype(np.float32)
+        arr = np.clip(arr / 65535.0, 0.0, 1.0).astype(np.float32)
         return torch.from_numpy(arr).unsqueeze(0).repeat(3, 1, 1)
     if im.mode == "F":
         arr = np.asarray(im, dtype=np.float32)
@@ -76,6 +76,8 @@ def numpy_to_tensor(arr: np.ndarray, field_name: str = "images") -> Tensor:
         raise InputError(field_name, "an (H,W), (H,W,C) or (C,H,W) array", f"shape {arr.shape}")
     if arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)  # CHW → HWC
+    if arr.shape[-1] not in (1, 3, 4):
+        raise InputError(field_name, "1, 3 or 4 channels (HWC or CHW)", f"shape {arr.shape}")
     if arr.dtype == np.uint8:
         x = torch.from_numpy(arr.astype(np.float32) / 255.0)
     elif arr.dtype == np.uint16:
@@ -85,10 +87,10 @@ def numpy_to_tensor(arr: np.ndarray, field_name: str = "images") -> Tensor:
     elif arr.dtype == np.bool_:
         x = torch.from_numpy(arr.astype(np.float32))
     else:
-        raise InputError(
-            field_name, "uint8, uint16, bool or float in [0,1]", f"dtype {arr.dtype}"
-        )
-    return _channels_to_rgb(x.permute(2, 0, 1), field_name)
+        raise InputError(field_name, "uint8, uint16, bool or float in [0,1]", f"dtype {arr.dtype}")
+    x = _channels_to_rgb(x.permute(2, 0, 1), field_name)
+    check_pixels(x.unsqueeze(0), field_name, 4)
+    return x
 
 
 def _channels_to_rgb(x: Tensor, field_name: str) -> Tensor:

@@ -121,6 +121,18 @@ def _is_known(name: str) -> bool:
     return name in _REGISTRY or any(s.architecture == name for s in _REGISTRY.values())
 
 
+def registered_name(model: Any) -> str:
+    """The registry name of ``model``: its own if registered, else the entry built by its class."""
+    name = getattr(model, "reward_name", "")
+    if name in _REGISTRY:
+        return name
+    target = f"{type(model).__module__}:{type(model).__qualname__}"
+    for spec in sorted(_REGISTRY.values(), key=lambda s: (not s.default, s.name)):
+        if spec.factory == target or spec.factory is type(model):
+            return spec.name
+    return name or type(model).__name__
+
+
 def default_cache_dir() -> Path:
     """Where downloaded or hand-placed weights live: ``$MMREWARD_CACHE`` or ``~/.cache/mmreward``."""
     return Path(os.environ.get("MMREWARD_CACHE", Path.home() / ".cache" / "mmreward"))
