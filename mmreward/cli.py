@@ -19,8 +19,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-           "fp16": "float16", "float16": "float16"}
+_DTYPES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+}
 
 
 def _dtype(name: str | None):
@@ -51,8 +57,11 @@ def _add_reward_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: accelerate's)")
     p.add_argument("--dtype", default=None, help="fp32 (default), bf16 or fp16")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow building models whose code is not in the installed packages")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow building models whose code is not in the installed packages",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -65,8 +74,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows = []
         for n in names:
             s = mmreward.get_spec(n)
-            rows.append({"name": n, "weights": s.weights.describe() if s.weights else None,
-                         "license": s.license, "paper": s.paper, "description": s.description})
+            rows.append(
+                {
+                    "name": n,
+                    "weights": s.weights.describe() if s.weights else None,
+                    "license": s.license,
+                    "paper": s.paper,
+                    "description": s.description,
+                }
+            )
         print(json.dumps(rows, indent=2))
     else:
         for n in names:
@@ -92,8 +108,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     load_video = None
     if any(it.kind == "videos" for it in items):
         load_video = _video_loader(args)
-    summary = run_scoring(reward, items, args.out, args.batch_size,
-                          progress=not args.no_progress, load_video=load_video)
+    summary = run_scoring(
+        reward,
+        items,
+        args.out,
+        args.batch_size,
+        progress=not args.no_progress,
+        load_video=load_video,
+    )
     if state.is_main_process:
         print(json.dumps(summary, indent=2))
     return 0
@@ -136,9 +158,7 @@ def resolve_config(name: str) -> Path:
         ref = root.joinpath(candidate)
         if ref.is_file():
             return Path(str(ref))
-    available = sorted(
-        str(q.relative_to(Path(str(root)))) for q in Path(str(root)).rglob("*.yaml")
-    )
+    available = sorted(str(q.relative_to(Path(str(root)))) for q in Path(str(root)).rglob("*.yaml"))
     raise SystemExit(f"--config: {name!r} not found; available: {available}")
 
 
@@ -198,8 +218,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         tcfg.train_file = tcfg.train_file or str(data_dir / "train.jsonl")
         tcfg.eval_file = tcfg.eval_file or str(data_dir / "eval.jsonl")
     elif data:
-        raise SystemExit(f"{path}: data: only 'builtin' data is generated here; "
-                         "set train.train_file / train.eval_file for your own JSONL")
+        raise SystemExit(
+            f"{path}: data: only 'builtin' data is generated here; "
+            "set train.train_file / train.eval_file for your own JSONL"
+        )
     model = mmreward.load(cfg["reward"], **(cfg.get("reward_kwargs") or {}))
     result = RewardModelTrainer(model, tcfg).train(resume=not args.no_resume)
     print(json.dumps(result, indent=2))

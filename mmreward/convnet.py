@@ -42,8 +42,13 @@ class TinyConvReward(RewardModel):
         }
         self.native_resolution = (resolution, resolution)
         self.preprocess = Preprocess(
-            {"resolution": resolution, "resize": "bilinear", "crop": "none", "mean": mean,
-             "std": mean}
+            {
+                "resolution": resolution,
+                "resize": "bilinear",
+                "crop": "none",
+                "mean": mean,
+                "std": mean,
+            }
         )
         layers: list[nn.Module] = []
         c_in = 3

@@ -180,7 +180,9 @@ def stack_images(items: Sequence[Any], size: tuple[int, int] | None = None) -> T
         if size is None:
             size = tuple(tensors[0].shape[-2:])
         tensors = [
-            F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+            F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[
+                0
+            ]
             for t in tensors
         ]
     return torch.stack(tensors)
@@ -240,7 +242,9 @@ class Collator:
         if self.objective == "listwise":
             k = len(examples[0].candidates)
             if any(len(e.candidates) != k for e in examples):
-                raise ValueError("listwise batch: every example needs the same number of candidates")
+                raise ValueError(
+                    "listwise batch: every example needs the same number of candidates"
+                )
             cands = [c for e in examples for c in e.candidates]
             prompts = [e.prompt for e in examples for _ in range(k)]
             return CollatedBatch(

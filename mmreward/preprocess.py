@@ -40,7 +40,9 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def resize(x: Tensor, size: tuple[int, int], mode: str = "bicubic", antialias: bool = True) -> Tensor:
+def resize(
+    x: Tensor, size: tuple[int, int], mode: str = "bicubic", antialias: bool = True
+) -> Tensor:
     """Resize (B,C,H,W) to ``size`` with torch's (PIL-like, when antialiased) kernels."""
     if mode not in _MODES:
         raise ValueError(f"resize: expected one of {_MODES}, got {mode!r}")
@@ -120,8 +122,13 @@ class Preprocess(nn.Module):
             x = resize_shortest(images, min(self.size), self.mode, self.antialias)
             x = center_crop(x, self.size)
         elif self.crop == "letterbox":
-            x = letterbox(images, max(self.size), self.mode, self.antialias,
-                          float(self.config.get("fill", 0.0)))
+            x = letterbox(
+                images,
+                max(self.size),
+                self.mode,
+                self.antialias,
+                float(self.config.get("fill", 0.0)),
+            )
         else:
             x = resize(images, self.size, self.mode, self.antialias)
         return (x - self.mean.to(x)) / self.std.to(x)

@@ -66,7 +66,8 @@ def collect_items(source: str | Path, prompts: str | Path | None = None) -> list
     items: list[Item] = []
     if source.is_dir():
         files = sorted(
-            p for p in source.rglob("*")
+            p
+            for p in source.rglob("*")
             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
         )
         for i, p in enumerate(files):
@@ -225,8 +226,11 @@ def run_scoring(
     pending = [it for it in items if it.id not in done]
     mine = pending[state.process_index :: state.num_processes]
     t0 = time.time()
-    bar = tqdm(total=len(mine), desc=f"scoring with {reward.reward_name}",
-               disable=not (progress and state.is_local_main_process))
+    bar = tqdm(
+        total=len(mine),
+        desc=f"scoring with {reward.reward_name}",
+        disable=not (progress and state.is_local_main_process),
+    )
     for start in range(0, len(mine), batch_size):
         chunk = mine[start : start + batch_size]
         _append(part, score_batch(reward, chunk, load_video))

@@ -77,9 +77,13 @@ class TrainConfig:
             raise ValueError(f"unknown training option(s) {unknown}; valid: {sorted(names)}")
         cfg = cls(**d)
         if cfg.objective not in ("pairwise", "listwise", "steps"):
-            raise ValueError(f"objective: expected pairwise, listwise or steps, got {cfg.objective!r}")
+            raise ValueError(
+                f"objective: expected pairwise, listwise or steps, got {cfg.objective!r}"
+            )
         if cfg.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision: expected no, fp16 or bf16, got {cfg.mixed_precision!r}")
+            raise ValueError(
+                f"mixed_precision: expected no, fp16 or bf16, got {cfg.mixed_precision!r}"
+            )
         for name in ("epochs", "batch_size", "grad_accum"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name}: expected ≥ 1, got {getattr(cfg, name)}")
@@ -105,7 +109,9 @@ def compute_loss(model: RewardModel, batch: CollatedBatch, cfg: TrainConfig) -> 
             chosen = torch.where(sign > 0, r_a[strict], r_b[strict])
             rejected = torch.where(sign > 0, r_b[strict], r_a[strict])
             m = margins[strict] if margins is not None else None
-            loss = losses.bradley_terry_loss(chosen, rejected, margin=m, center_coef=cfg.center_coef)
+            loss = losses.bradley_terry_loss(
+                chosen, rejected, margin=m, center_coef=cfg.center_coef
+            )
         with torch.no_grad():
             correct = ((r_a - r_b) * labels)[strict] > 0
             acc = correct.float().mean().item() if strict.any() else float("nan")
@@ -311,8 +317,9 @@ class RewardModelTrainer:
         if not self.eval_examples:
             return {}
         model = self.accelerator.unwrap_model(self.model)
-        return evaluate(model, self.eval_examples, self.cfg.objective, self.cfg.batch_size * 2,
-                        self.image_size)
+        return evaluate(
+            model, self.eval_examples, self.cfg.objective, self.cfg.batch_size * 2, self.image_size
+        )
 
     def train(self, resume: bool = True) -> dict[str, Any]:
         """Run to ``total_steps`` optimizer steps; returns the final metrics."""
@@ -322,8 +329,12 @@ class RewardModelTrainer:
         if resume and self.resume():
             acc.print(f"resumed from step {self.step}")
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="training reward model",
-                   disable=not (cfg.progress and acc.is_local_main_process))
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="training reward model",
+            disable=not (cfg.progress and acc.is_local_main_process),
+        )
         t0, window = time.time(), []
         while self.step < self.total_steps:
             epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
@@ -349,8 +360,11 @@ class RewardModelTrainer:
                 self.step += 1
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    row = {"step": self.step, "lr": self.scheduler.get_last_lr()[0],
-                           "time": round(time.time() - t0, 3)}
+                    row = {
+                        "step": self.step,
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "time": round(time.time() - t0, 3),
+                    }
                     for key in window[0]:
                         vals = [w[key] for w in window if not math.isnan(w[key])]
                         row[f"train/{key}"] = sum(vals) / len(vals) if vals else float("nan")
@@ -358,7 +372,9 @@ class RewardModelTrainer:
                     self._log(row)
                     bar.set_postfix(loss=f"{row['train/loss']:.4f}")
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    self._log({"step": self.step, **{f"eval/{k}": v for k, v in self.evaluate().items()}})
+                    self._log(
+                        {"step": self.step, **{f"eval/{k}": v for k, v in self.evaluate().items()}}
+                    )
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
                 if self.step >= self.total_steps:

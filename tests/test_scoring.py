@@ -82,16 +82,34 @@ def test_kill_and_resume_1000_items(tmp_path):
     model_dir = tmp_path / "slow"
     model_dir.mkdir()
     (model_dir / "mmreward.json").write_text(
-        json.dumps({"reward": "slow.mean", "kwargs": {"delay": 0.02},
-                    "class": "tests.slow_reward:SlowMeanReward"})
+        json.dumps(
+            {
+                "reward": "slow.mean",
+                "kwargs": {"delay": 0.02},
+                "class": "tests.slow_reward:SlowMeanReward",
+            }
+        )
     )
     from safetensors.torch import save_file
 
     save_file({}, str(model_dir / "model.safetensors"))
     out = tmp_path / "out.jsonl"
-    cmd = [str(BIN / "mmreward"), "score", "--reward", str(model_dir), "--trust-remote-code",
-           "--input", str(tmp_path / "in"), "--out", str(out), "--batch-size", "8",
-           "--no-progress", "--device", "cpu"]
+    cmd = [
+        str(BIN / "mmreward"),
+        "score",
+        "--reward",
+        str(model_dir),
+        "--trust-remote-code",
+        "--input",
+        str(tmp_path / "in"),
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     part = out.with_name(out.name + ".part0")
     deadline = time.time() + 120
@@ -109,7 +127,7 @@ def test_kill_and_resume_1000_items(tmp_path):
     assert [r["index"] for r in rows] == list(range(1000))
     errs = sorted(r["id"] for r in rows if "error" in r)
     assert errs == ["text.png", "truncated.png"]
-    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    summary = json.loads(res.stdout[res.stdout.index("{") :])
     assert summary["n_scored_this_run"] == 1000 - n_before
 
 
@@ -126,15 +144,41 @@ def test_untrusted_class_is_refused(tmp_path):
 def test_two_process_accelerate_matches_single_process(tmp_path):
     _make_images(tmp_path / "in", 37)
     single, multi = tmp_path / "single.jsonl", tmp_path / "multi.jsonl"
-    base = ["score", "--reward", "colorfulness", "--input", str(tmp_path / "in"),
-            "--batch-size", "5", "--no-progress"]
-    r1 = subprocess.run([str(BIN / "mmreward"), *base, "--out", str(single)], env=_env(),
-                        capture_output=True, text=True, timeout=300)
+    base = [
+        "score",
+        "--reward",
+        "colorfulness",
+        "--input",
+        str(tmp_path / "in"),
+        "--batch-size",
+        "5",
+        "--no-progress",
+    ]
+    r1 = subprocess.run(
+        [str(BIN / "mmreward"), *base, "--out", str(single)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r1.returncode == 0, r1.stderr
     r2 = subprocess.run(
-        [str(BIN / "accelerate"), "launch", "--num_processes", "2", "--cpu",
-         "-m", "mmreward.cli", *base, "--out", str(multi)],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        [
+            str(BIN / "accelerate"),
+            "launch",
+            "--num_processes",
+            "2",
+            "--cpu",
+            "-m",
+            "mmreward.cli",
+            *base,
+            "--out",
+            str(multi),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r2.returncode == 0, r2.stderr
     a, b = read_rows(single), read_rows(multi)

@@ -26,8 +26,16 @@ def _small_model():
 
 
 def _cfg(out, pairs, **kw):
-    base = dict(output_dir=str(out), train_file=str(pairs["train"]), eval_file=str(pairs["eval"]),
-                batch_size=16, lr=3e-3, progress=False, log_every=1, cpu=True)
+    base = dict(
+        output_dir=str(out),
+        train_file=str(pairs["train"]),
+        eval_file=str(pairs["eval"]),
+        batch_size=16,
+        lr=3e-3,
+        progress=False,
+        log_every=1,
+        cpu=True,
+    )
     return TrainConfig.from_dict({**base, **kw})
 
 
@@ -49,6 +57,7 @@ def test_training_raises_held_out_accuracy(tmp_path, pairs):
 
 def test_resume_equals_uninterrupted_run(tmp_path, pairs):
     """Stop after 7 of 14 steps (checkpoint at 6), resume: identical losses and weights."""
+
     def run(out, max_steps, resume=True):
         torch.manual_seed(0)
         model = _small_model()
@@ -96,11 +105,15 @@ class _MeanStepModel(RewardModel):
         self.w = nn.Linear(1, 1)
 
     def compute(self, batch: RewardInput) -> RewardOutput:
-        logits = [self.w(torch.tensor([[float(len(s))] for s in st])).squeeze(-1)
-                  for st in batch.steps]
+        logits = [
+            self.w(torch.tensor([[float(len(s))] for s in st])).squeeze(-1) for st in batch.steps
+        ]
         probs = [torch.sigmoid(x) for x in logits]
-        return RewardOutput(scores=torch.stack([p.min() for p in probs]), step_scores=probs,
-                            extras={"step_logits": logits})
+        return RewardOutput(
+            scores=torch.stack([p.min() for p in probs]),
+            step_scores=probs,
+            extras={"step_logits": logits},
+        )
 
 
 def test_steps_objective_learns(tmp_path):
@@ -112,9 +125,19 @@ def test_steps_objective_learns(tmp_path):
     path = tmp_path / "steps.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     model = _MeanStepModel()
-    cfg = TrainConfig.from_dict(dict(output_dir=str(tmp_path / "o"), objective="steps",
-                                     train_file=str(path), eval_file=str(path), epochs=60,
-                                     batch_size=8, lr=0.05, progress=False, cpu=True))
+    cfg = TrainConfig.from_dict(
+        dict(
+            output_dir=str(tmp_path / "o"),
+            objective="steps",
+            train_file=str(path),
+            eval_file=str(path),
+            epochs=60,
+            batch_size=8,
+            lr=0.05,
+            progress=False,
+            cpu=True,
+        )
+    )
     result = RewardModelTrainer(model, cfg).train()
     assert result["eval/step_macro_f1"] == 1.0
 
@@ -135,27 +158,60 @@ def test_listwise_objective_on_text(tmp_path):
     path = tmp_path / "lists.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     model = _TextLenModel()
-    cfg = TrainConfig.from_dict(dict(output_dir=str(tmp_path / "o"), objective="listwise",
-                                     train_file=str(path), eval_file=str(path), epochs=5,
-                                     batch_size=4, lr=0.1, progress=False, cpu=True))
+    cfg = TrainConfig.from_dict(
+        dict(
+            output_dir=str(tmp_path / "o"),
+            objective="listwise",
+            train_file=str(path),
+            eval_file=str(path),
+            epochs=5,
+            batch_size=4,
+            lr=0.1,
+            progress=False,
+            cpu=True,
+        )
+    )
     result = RewardModelTrainer(model, cfg).train()
     assert model.w.item() > 0 and result["eval/spearman"] == pytest.approx(1.0)
 
 
 def test_cli_train_and_eval(tmp_path, capsys):
     out = tmp_path / "run"
-    code = cli_main(["train", "--config", "rm/convnet_sharpness", f"train.output_dir={out}",
-                     "train.epochs=1", "data.n_train=64", "data.n_eval=32", "train.progress=false",
-                     "train.cpu=true", "reward_kwargs.resolution=16"])
+    code = cli_main(
+        [
+            "train",
+            "--config",
+            "rm/convnet_sharpness",
+            f"train.output_dir={out}",
+            "train.epochs=1",
+            "data.n_train=64",
+            "data.n_eval=32",
+            "train.progress=false",
+            "train.cpu=true",
+            "reward_kwargs.resolution=16",
+        ]
+    )
     assert code == 0
     assert (out / "model" / "model.safetensors").is_file()
     capsys.readouterr()
-    assert cli_main(["eval", "--reward", str(out / "model"), "--pairs",
-                     str(out / "data" / "eval.jsonl"), "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "eval",
+                "--reward",
+                str(out / "model"),
+                "--pairs",
+                str(out / "data" / "eval.jsonl"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert 0.0 <= report["accuracy_without_ties"] <= 1.0 and report["n_pairs"] == 32
     with pytest.raises(SystemExit, match="unknown training option"):
-        cli_main(["train", "--config", "rm/convnet_sharpness", f"train.output_dir={out}",
-                  "train.lrr=1"])
+        cli_main(
+            ["train", "--config", "rm/convnet_sharpness", f"train.output_dir={out}", "train.lrr=1"]
+        )
     with pytest.raises(SystemExit, match="unknown section"):
         cli_main(["train", "--config", "rm/convnet_sharpness", "optimiser.lr=1"])
