@@ -142,6 +142,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Held-out metrics: preference accuracy (pairs), Spearman (lists), step F1 (steps)."""
     collate = Collator(objective, image_size)
+    # the class's forward, in the model's own precision: under mixed precision accelerate
+    # patches the instance's forward with autocast, and bf16 scores would tie spuriously
+    forward = type(model).forward.__get__(model)
     was_training = model.training
     model.eval()
     try:
@@ -149,7 +152,7 @@ def evaluate(
             sa, sb, lab = [], [], []
             for i in range(0, len(examples), batch_size):
                 batch = collate(examples[i : i + batch_size])
-                s = model(batch.inputs).scores.float().cpu()
+                s = forward(batch.inputs).scores.float().cpu()
                 n = batch.labels.shape[0]
                 sa.append(s[:n])
                 sb.append(s[n:])
@@ -162,13 +165,13 @@ def evaluate(
             rhos = []
             for i in range(0, len(examples), batch_size):
                 batch = collate(examples[i : i + batch_size])
-                s = model(batch.inputs).scores.float().cpu().view(batch.ranks.shape)
+                s = forward(batch.inputs).scores.float().cpu().view(batch.ranks.shape)
                 rhos += [metrics.spearman(-s[j], batch.ranks[j].float()) for j in range(len(s))]
             return {"spearman": float(sum(rhos) / len(rhos)), "n_lists": float(len(rhos))}
         probs, labels = [], []
         for i in range(0, len(examples), batch_size):
             batch = collate(examples[i : i + batch_size])
-            out = model(batch.inputs)
+            out = forward(batch.inputs)
             probs += [p.float().cpu() for p in out.step_scores]
             labels += [(y >= 0.5).float() for y in batch.step_labels]
         f1 = metrics.step_f1(probs, labels)

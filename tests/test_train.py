@@ -215,3 +215,15 @@ def test_cli_train_and_eval(tmp_path, capsys):
         )
     with pytest.raises(SystemExit, match="unknown section"):
         cli_main(["train", "--config", "rm/convnet_sharpness", "optimiser.lr=1"])
+
+
+def test_bf16_mixed_precision_and_accumulation(tmp_path, pairs):
+    model = _small_model()
+    cfg = _cfg(tmp_path, pairs, max_steps=3, grad_accum=2, mixed_precision="bf16")
+    result = RewardModelTrainer(model, cfg).train()
+    assert result["step"] == 3
+    # evaluation runs in the model's own fp32 precision (no bf16 ties between pair scores)
+    ev = load_examples(pairs["eval"], "pairwise")
+    assert evaluate(model, ev, "pairwise") == pytest.approx(
+        {k.removeprefix("eval/"): v for k, v in result.items() if k.startswith("eval/")}
+    )
