@@ -35,6 +35,13 @@ CANDIDATE_FIELDS = ("images", "videos", "responses", "steps")
 _RANGE_TOL = 1e-4  # float round-off allowed outside [0, 1]
 
 
+def _per_item(value: Any, n: int) -> bool:
+    """Whether an ``extras`` value holds one entry per batch row."""
+    if isinstance(value, Tensor):
+        return value.ndim > 0 and value.shape[0] == n
+    return isinstance(value, list) and len(value) == n
+
+
 def _describe(x: Any) -> str:
     if isinstance(x, Tensor):
         return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
@@ -146,24 +153,28 @@ class RewardInput:
         return n
 
     def select(self, index: Sequence[int] | slice) -> RewardInput:
-        """A sub-batch (rows ``index``), sharing tensors where possible."""
-        out = {}
+        """A sub-batch (rows ``index``), sharing tensors where possible.
+
+        Per-item ``extras`` (lists or tensors with one entry per row) are sliced too;
+        other extras are shared.
+        """
+        n = self.batch_size()
+
+        def take(value: Any) -> Any:
+            if isinstance(value, Tensor):
+                return value[index] if isinstance(index, slice) else value[list(index)]
+            return value[index] if isinstance(index, slice) else [value[i] for i in index]
+
+        out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if (
-                value is None
-                or f.name == "extras"
-                or f.name == "fps"
-                and isinstance(value, (int, float))
-            ):
+            if value is None or (f.name == "fps" and isinstance(value, (int, float))):
                 out[f.name] = value
-            elif isinstance(value, Tensor):
-                out[f.name] = value[index] if isinstance(index, slice) else value[list(index)]
+            elif f.name == "extras":
+                out[f.name] = {k: take(v) if _per_item(v, n) else v for k, v in value.items()}
             else:
-                out[f.name] = (
-                    value[index] if isinstance(index, slice) else [value[i] for i in index]
-                )
-        return RewardInput(**{**out, "extras": dict(self.extras)})
+                out[f.name] = take(value)
+        return RewardInput(**out)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         """Move pixel tensors to ``device``/``dtype`` (text is left alone)."""
@@ -332,6 +343,7 @@ class RewardModel(nn.Module):
         fps: float | list[float] | None = None,
         responses: Sequence[str] | None = None,
         steps: Sequence[Sequence[str]] | None = None,
+        extras: dict[str, Any] | None = None,
         batch_size: int = 32,
         grad: bool = False,
         device: torch.device | str | None = None,
@@ -340,6 +352,8 @@ class RewardModel(nn.Module):
     ) -> RewardOutput:
         """Score any number of items in batches.
 
+        ``extras`` are passed to the model; per-item entries (lists or tensors with one
+        entry per item) are split into batches with the items.
         ``images`` may be a ``(B,3,H,W)`` tensor, or a list of PIL images, file paths,
         numpy arrays or tensors (of possibly different sizes: same-size items are batched
         together and the output is returned in input order). A single prompt string is
@@ -389,7 +403,7 @@ class RewardModel(nn.Module):
             for group in groups:
                 for start in range(0, len(group), batch_size):
                     idx = group[start : start + batch_size]
-                    batch = _make_batch(values, idx, pixel_key, n)
+                    batch = _make_batch(values, idx, pixel_key, n, extras or {})
                     outs.append(self(batch.to(device=device, dtype=pix_dtype)))
                     order.extend(idx)
                     bar.update(len(idx))
@@ -429,12 +443,21 @@ class RewardModel(nn.Module):
 
     # -- persistence -----------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``mmreward.json`` and ``model.safetensors`` so :func:`mmreward.load` rebuilds it."""
+        """Write ``mmreward.json`` and ``model.safetensors`` so :func:`mmreward.load` rebuilds it.
+
+        Models that need more files (a tokenizer, a backbone config) write them in
+        :meth:`save_extra_files`; their factory receives the folder as ``saved_dir``.
+        """
         from mmreward.checkpoint import save_model_dir
         from mmreward.registry import registered_name
 
         self.reward_name = registered_name(self)
-        return save_model_dir(self, directory)
+        directory = save_model_dir(self, directory)
+        self.save_extra_files(directory)
+        return directory
+
+    def save_extra_files(self, directory: Path) -> None:
+        """Write files besides the weights that rebuilding needs (default: none)."""
 
     def extra_repr(self) -> str:
         return json.dumps({"reward": self.reward_name, "inputs": list(self.inputs)})
@@ -444,8 +467,19 @@ def _score_arg(field_: str) -> str:
     return field_ if field_ != "prompts" else "prompts"
 
 
-def _make_batch(values: dict[str, Any], idx: list[int], pixel_key: str | None, n: int):
-    kwargs: dict[str, Any] = {}
+def _make_batch(
+    values: dict[str, Any],
+    idx: list[int],
+    pixel_key: str | None,
+    n: int,
+    extras: dict[str, Any],
+) -> RewardInput:
+    kwargs: dict[str, Any] = {
+        "extras": {
+            k: ([v[i] for i in idx] if isinstance(v, list) else v[idx]) if _per_item(v, n) else v
+            for k, v in extras.items()
+        }
+    }
     for name, value in values.items():
         if name == "fps":
             kwargs[name] = value if isinstance(value, (int, float)) else [value[i] for i in idx]

@@ -196,11 +196,26 @@ def _import_attr(target: str) -> Any:
     return obj
 
 
-def _build(factory: Callable[..., Any], weights: Path | None, kwargs: dict[str, Any], name: str):
+def _build(
+    factory: Callable[..., Any],
+    weights: Path | None,
+    kwargs: dict[str, Any],
+    name: str,
+    trust_remote_code: bool = False,
+    saved_dir: Path | None = None,
+):
+    """Call ``factory``, passing ``weights``, ``trust_remote_code`` and ``saved_dir`` only
+    to factories that take them; weights for one that does not are loaded strictly."""
     params = inspect.signature(factory).parameters
-    takes_weights = "weights" in params
-    model = factory(weights=weights, **kwargs) if takes_weights else factory(**kwargs)
-    if weights is not None and not takes_weights:
+    extra: dict[str, Any] = {}
+    if "weights" in params:
+        extra["weights"] = weights
+    if "trust_remote_code" in params:
+        extra["trust_remote_code"] = trust_remote_code
+    if "saved_dir" in params and saved_dir is not None:
+        extra["saved_dir"] = saved_dir
+    model = factory(**extra, **kwargs)
+    if weights is not None and "weights" not in params:
         load_state_dict_strict(model, read_state_dict(weights), source=str(weights))
     if not getattr(model, "init_kwargs", None):
         model.init_kwargs = dict(kwargs)
@@ -247,7 +262,7 @@ def load(
             )
         factory = _import_attr(spec.factory) if isinstance(spec.factory, str) else spec.factory
         resolved = resolve_weights(spec, weights, local_files_only=local_files_only)
-        model = _build(factory, resolved, {**spec.kwargs, **kwargs}, spec.name)
+        model = _build(factory, resolved, {**spec.kwargs, **kwargs}, spec.name, trust_remote_code)
     model.to(device=device, dtype=dtype)
     return model.eval()
 
@@ -272,7 +287,8 @@ def _load_dir(path: Path, trust_remote_code: bool, overrides: dict[str, Any]):
             f"{cfg.get('class')!r}. Pass trust_remote_code=True if you trust it."
         )
     kwargs = {**base_kwargs, **cfg.get("kwargs", {}), **overrides}
-    model = _build(factory, None, kwargs, name or path.name)
+    # the factory may read files saved beside the weights (tokenizer, backbone config)
+    model = _build(factory, None, kwargs, name or path.name, trust_remote_code, saved_dir=path)
     load_state_dict_strict(model, read_state_dict(path / WEIGHTS_NAME), source=str(path))
     return model
 

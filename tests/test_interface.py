@@ -356,3 +356,24 @@ def test_model_metadata():
     assert rm.candidate_field == "images"
     assert rm.device == torch.device("cpu") and rm.dtype == torch.float32
     assert json.loads(rm.extra_repr())["inputs"] == ["prompts", "images"]
+
+
+class _ExtrasModel(RewardModel):
+    """Scores each image by its mean plus a per-item offset passed in extras."""
+
+    inputs = ("images",)
+
+    def compute(self, batch):
+        return batch.images.mean(dim=(1, 2, 3)) + torch.tensor(batch.extras["offset"])
+
+
+def test_per_item_extras_follow_their_items_through_batching():
+    images = [torch.rand(3, 8, 8), torch.rand(3, 4, 4), torch.rand(3, 8, 8)]  # two sizes
+    offsets = [10.0, 20.0, 30.0]
+    out = _ExtrasModel().score(images, extras={"offset": offsets}, batch_size=1)
+    expected = torch.stack([im.mean() for im in images]) + torch.tensor(offsets)
+    torch.testing.assert_close(out.scores, expected)
+    sub = RewardInput(images=torch.rand(3, 3, 4, 4), extras={"offset": offsets, "k": 1}).select(
+        [2, 0]
+    )
+    assert sub.extras == {"offset": [30.0, 10.0], "k": 1}
