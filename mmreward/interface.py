@@ -17,6 +17,7 @@ torch.Size([2])
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -70,9 +71,11 @@ def check_pixels(x: Tensor, field_name: str, ndim: int) -> None:
     if x.numel() == 0:
         raise InputError(field_name, expected, "an empty tensor")
     with torch.no_grad():
-        if not torch.isfinite(x).all():
-            raise InputError(field_name, expected, "NaN or inf values")
-        lo, hi = x.min().item(), x.max().item()
+        # one pass: NaN propagates through min/max, ±inf falls outside [0,1]
+        lo_t, hi_t = torch.aminmax(x.detach())
+        lo, hi = lo_t.item(), hi_t.item()
+    if math.isnan(lo) or math.isnan(hi) or math.isinf(lo) or math.isinf(hi):
+        raise InputError(field_name, expected, "NaN or inf values")
     if lo < -_RANGE_TOL or hi > 1 + _RANGE_TOL:
         if hi > 1.5:
             hint = "values look like [0,255]; divide by 255"

@@ -98,7 +98,8 @@ class Preprocess(nn.Module):
     Config keys: ``resolution`` (int or (H, W)), ``resize`` (interpolation, default
     bicubic), ``antialias`` (default True), ``crop`` ("center", "letterbox" or "none":
     resize straight to the resolution), ``mean``/``std`` (a name from :data:`MEANS` or
-    three floats), ``fill`` (letterbox pad value).
+    three floats), ``fill`` (letterbox pad value), ``clamp`` (clamp to [0,1] after resizing,
+    as PIL's 8-bit output is; default False).
     """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
@@ -131,4 +132,6 @@ class Preprocess(nn.Module):
             )
         else:
             x = resize(images, self.size, self.mode, self.antialias)
+        if self.config.get("clamp", False):
+            x = x.clamp(0.0, 1.0)  # bicubic overshoots at sharp edges; PIL's uint8 output cannot
         return (x - self.mean.to(x)) / self.std.to(x)

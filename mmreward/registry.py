@@ -203,9 +203,11 @@ def _build(
     name: str,
     trust_remote_code: bool = False,
     saved_dir: Path | None = None,
+    preprocess: Mapping[str, Any] | None = None,
 ):
-    """Call ``factory``, passing ``weights``, ``trust_remote_code`` and ``saved_dir`` only
-    to factories that take them; weights for one that does not are loaded strictly."""
+    """Call ``factory``, passing ``weights``, ``trust_remote_code``, ``saved_dir`` and the
+    entry's ``preprocess`` config only to factories that take them; weights for one that
+    does not are loaded strictly."""
     params = inspect.signature(factory).parameters
     extra: dict[str, Any] = {}
     if "weights" in params:
@@ -214,6 +216,8 @@ def _build(
         extra["trust_remote_code"] = trust_remote_code
     if "saved_dir" in params and saved_dir is not None:
         extra["saved_dir"] = saved_dir
+    if "preprocess" in params and preprocess is not None and "preprocess" not in kwargs:
+        extra["preprocess"] = dict(preprocess)
     model = factory(**extra, **kwargs)
     if weights is not None and "weights" not in params:
         load_state_dict_strict(model, read_state_dict(weights), source=str(weights))
@@ -288,7 +292,15 @@ def _load_dir(path: Path, trust_remote_code: bool, overrides: dict[str, Any]):
         )
     kwargs = {**base_kwargs, **cfg.get("kwargs", {}), **overrides}
     # the factory may read files saved beside the weights (tokenizer, backbone config)
-    model = _build(factory, None, kwargs, name or path.name, trust_remote_code, saved_dir=path)
+    model = _build(
+        factory,
+        None,
+        kwargs,
+        name or path.name,
+        trust_remote_code,
+        saved_dir=path,
+        preprocess=spec.preprocess if name in _REGISTRY else None,
+    )
     load_state_dict_strict(model, read_state_dict(path / WEIGHTS_NAME), source=str(path))
     return model
 
