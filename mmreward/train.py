@@ -218,6 +218,7 @@ class RewardModelTrainer:
 
         self.cfg = config
         self.out = Path(config.output_dir)
+        _allow_new_precision(config.mixed_precision)
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.grad_accum,
@@ -393,6 +394,20 @@ class RewardModelTrainer:
         if cfg.trackers:
             acc.end_training()
         return {"step": self.step, **final}
+
+
+def _allow_new_precision(mixed_precision: str) -> None:
+    """Let one single-process program train several models in different precisions.
+
+    accelerate keeps one process-wide state and refuses a second Accelerator with another
+    ``mixed_precision``; outside a distributed launch that state is safe to reset.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    shared = AcceleratorState._shared_state
+    current = shared.get("_mixed_precision")
+    if current is not None and current != mixed_precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
 
 
 def _flat(d: dict[str, Any]) -> dict[str, Any]:
