@@ -1,0 +1,247 @@
+"""Efficacy on the built-in world: does each algorithm raise the *gold* reward?
+
+For each algorithm, the world recipe (``configs/align/<algo>_world.yaml``) trains at its
+fixed budget against the proxy reward (DPO: against the simulated annotators' pairs);
+then the base and the trained model are sampled on the **held-out** prompts (``world:test``,
+``samples`` images, the same start noise for both: a paired comparison) and scored with
+the gold reward and the proxy. Reported per algorithm: means with 95% confidence
+intervals before/after, the paired after − before difference with its interval, sample
+diversity before/after, and a **reward-hacking flag** when the proxy rises significantly
+but the gold reward does not.
+
+    python -m diffusion_align.efficacy --out runs/align_efficacy            # all algorithms
+    python -m diffusion_align.efficacy --algorithms refl,dpo --steps 30
+
+Writes ``efficacy.json`` and ``report.html`` (before/after galleries, reward curves) into
+``--out``, and each run's own folder (metrics, galleries, checkpoints) below it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffusion_align.config import SampleConfig
+from diffusion_align.evaluate import EvalResult, evaluate_policy, mean_ci, paired_difference
+
+ALGORITHMS = ("refl", "draft", "alignprop", "dpo", "d3po")
+#: the world's default sampler (deterministic DDIM, 20 steps, CFG 3) for every evaluation
+EVAL_SAMPLE = SampleConfig(num_steps=20, guidance_scale=3.0, eta=0.0)
+WORLD_REWARDS = {"gold": "gold.world", "proxy": "clip-head.world-proxy"}
+
+
+def compare(before: EvalResult, after: EvalResult) -> dict[str, Any]:
+    """Before/after statistics for every reward, diversity, and the reward-hacking flag."""
+    out: dict[str, Any] = {}
+    for name in before.scores:
+        out[name] = {
+            "before": mean_ci(before.scores[name]),
+            "after": mean_ci(after.scores[name]),
+            "difference": paired_difference(before.scores[name], after.scores[name]),
+        }
+    out["diversity"] = {"before": before.diversity, "after": after.diversity}
+    if "gold" in out and "proxy" in out:
+        gold, proxy = out["gold"]["difference"], out["proxy"]["difference"]
+        out["gold_raised"] = bool(gold["ci_low"] > 0)
+        out["reward_hacking"] = bool(proxy["ci_low"] > 0 and not gold["ci_low"] > 0)
+    return out
+
+
+def _grid(images: torch.Tensor, path: Path, n: int = 32) -> Path:
+    from mmreward.report import save_image_grid
+
+    return save_image_grid(images[:n], path, nrow=8)
+
+
+def _curves(run_dir: Path) -> dict[str, tuple[list[float], list[float]]]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    for key in ("train/reward", "train/implicit_acc", "train/loss"):
+        pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+        if pts:
+            curves[key] = ([p[0] for p in pts], [p[1] for p in pts])
+    return curves
+
+
+def run_algorithm(
+    name: str,
+    out: Path,
+    before: EvalResult,
+    rewards: dict[str, Any],
+    prompts: Sequence[str],
+    samples: int,
+    seed: int,
+    steps: int | None = None,
+    overrides: Sequence[str] = (),
+    config: str | None = None,
+) -> dict[str, Any]:
+    """Train one world recipe, evaluate it on the held-out prompts, compare with ``before``."""
+    from diffusion_align.cli import build_trainer, load_config
+
+    extra = [f"train.output_dir={out / name}", "eval.prompts=null", "train.progress=false"]
+    if steps is not None:
+        extra.append(f"train.max_steps={steps}")
+    cfg = load_config(config or f"align/{name}_world", [*extra, *overrides])
+    trainer = build_trainer(cfg)
+    t0 = time.time()
+    trainer.train()
+    wall = time.time() - t0
+    with trainer.eval_weights():
+        after = evaluate_policy(trainer.policy, prompts, rewards, EVAL_SAMPLE, samples, seed=seed)
+    _grid(after.images, out / name / "after.png")
+    result = compare(before, after)
+    result.update(
+        algorithm=name,
+        steps=cfg.train.max_steps,
+        batch_size=cfg.train.batch_size,
+        lr=cfg.train.lr,
+        train_wall_s=round(wall, 1),
+        curves=_curves(out / name),
+    )
+    return result
+
+
+def report_sections(results: dict[str, Any], out: Path) -> list:
+    """Report sections: a summary table, reward curves, before/after galleries."""
+    from mmreward.report import Figure, Section, plot_curves
+
+    table = []
+    for name, r in results["algorithms"].items():
+        row: dict[str, Any] = {"algorithm": name, "steps": r["steps"]}
+        for rew in ("gold", "proxy"):
+            if rew in r:
+                b, a, d = r[rew]["before"], r[rew]["after"], r[rew]["difference"]
+                row[f"{rew} before"] = f"{b['mean']:.4f} ± {b['ci_high'] - b['mean']:.4f}"
+                row[f"{rew} after"] = f"{a['mean']:.4f} ± {a['ci_high'] - a['mean']:.4f}"
+                row[f"{rew} Δ [95% CI]"] = (
+                    f"{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+                )
+        row["diversity before → after"] = (
+            f"{r['diversity']['before']:.4f} → {r['diversity']['after']:.4f}"
+        )
+        row["gold raised"] = r.get("gold_raised")
+        row["reward hacking"] = r.get("reward_hacking")
+        row["train s"] = r["train_wall_s"]
+        table.append(row)
+    n = results["samples"]
+    sections = [
+        Section(
+            "Alignment efficacy on the built-in world",
+            f"{n} samples on the held-out prompts per evaluation (the same start noise before "
+            "and after: paired differences); means ± 95% normal-approximation half-widths. "
+            "'Reward hacking' = the proxy rises significantly while the gold reward does not. "
+            "Diversity = mean pairwise RMS pixel distance between samples of one prompt.",
+            table=table,
+        )
+    ]
+    curves = {
+        name: r["curves"]["train/reward"]
+        for name, r in results["algorithms"].items()
+        if "train/reward" in r["curves"]
+    }
+    figures = []
+    if curves:
+        figures.append(
+            Figure(
+                plot_curves(curves, out / "reward_curves.png", ylabel="proxy reward (train batch)"),
+                "Proxy reward of the training samples per step",
+            )
+        )
+    dpo = {n: r["curves"]["train/implicit_acc"] for n, r in results["algorithms"].items()
+           if "train/implicit_acc" in r["curves"]}  # fmt: skip
+    if dpo:
+        figures.append(
+            Figure(
+                plot_curves(dpo, out / "dpo_accuracy.png", ylabel="implicit accuracy"),
+                "Diffusion-DPO implicit preference accuracy per step",
+            )  # fmt: skip
+        )
+    sections.append(Section("Reward curves", figures=figures))
+    gal = [Figure(out / "before.png", "Base model, held-out prompts (first 32 samples)")]
+    for name in results["algorithms"]:
+        gal.append(Figure(out / name / "after.png", f"After {name} (same prompts and noise)"))
+    sections.append(Section("Before / after", figures=gal))
+    return sections
+
+
+def run(
+    out: str | Path,
+    algorithms: Sequence[str] = ALGORITHMS,
+    steps: int | None = None,
+    samples: int = 256,
+    seed: int = 1234,
+    model: str = "world",
+    rewards: dict[str, str] | None = None,
+    prompts: str = "world:test",
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Evaluate the base model once, then train and evaluate each algorithm; write the report."""
+    import mmreward
+    from diffusion_align.cli import build_policy
+    from diffusion_align.config import ModelConfig
+    from diffusion_align.data import read_prompts
+    from mmreward.report import write_gallery_html, write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    reward_models = {k: mmreward.load(v) for k, v in (rewards or WORLD_REWARDS).items()}
+    eval_prompts = read_prompts(prompts)
+    base = build_policy(ModelConfig(pretrained=model))
+    base.raw_denoiser.eval()
+    before = evaluate_policy(base, eval_prompts, reward_models, EVAL_SAMPLE, samples, seed=seed)
+    _grid(before.images, out / "before.png")
+    del base
+    results: dict[str, Any] = {
+        "samples": samples,
+        "eval_prompts": prompts,
+        "eval_sampler": EVAL_SAMPLE.__dict__,
+        "before": before.summary(),
+        "algorithms": {},
+    }
+    for name in algorithms:
+        results["algorithms"][name] = run_algorithm(
+            name, out, before, reward_models, eval_prompts, samples, seed, steps, overrides
+        )
+        write_json(out / "efficacy.json", results)
+    write_gallery_html(out / "report.html", "Diffusion alignment on the built-in world",
+                       report_sections(results, out))  # fmt: skip
+    return results
+
+
+def demo_sections(out: str | Path, steps: int = 30, samples: int = 64) -> list:
+    """A short ReFL run on the world for the README demo: report sections (table, reward
+    curve, before/after galleries), files under ``out``."""
+    results = run(out, ["refl"], steps=steps, samples=samples)
+    return report_sections(results, Path(out))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/align_efficacy")
+    parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument("--steps", type=int, default=None, help="override every recipe's max_steps")
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = run(args.out, [a.strip() for a in args.algorithms.split(",") if a.strip()],
+                  args.steps, args.samples, overrides=args.overrides)  # fmt: skip
+    for name, r in results["algorithms"].items():
+        g, p = r["gold"]["difference"], r["proxy"]["difference"]
+        print(f"{name:10s} gold Δ {g['mean']:+.4f} [{g['ci_low']:+.4f}, {g['ci_high']:+.4f}]  "
+              f"proxy Δ {p['mean']:+.4f} [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]  "
+              f"hacking={r['reward_hacking']}")  # fmt: skip
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

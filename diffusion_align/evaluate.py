@@ -1,0 +1,130 @@
+"""Held-out evaluation of a policy: rewards with confidence intervals, and diversity.
+
+:func:`evaluate_policy` samples ``n`` images for held-out prompts (cycled) with a fixed
+seed — the same start noise for the same index, so a *before* and an *after* evaluation
+are paired — and scores them with every reward given (e.g. the world's gold reward and
+the proxy that was optimised). :func:`mean_ci` gives a normal-approximation 95% interval,
+:func:`paired_difference` the interval of the after − before difference, and
+:func:`diversity` the mean pairwise RMS pixel distance between samples of the same prompt
+(a drop signals mode collapse, a usual companion of reward hacking).
+
+>>> mean_ci(torch.tensor([1.0, 2.0, 3.0]))["mean"]
+2.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffusion_align.config import SampleConfig
+from diffusion_align.sampling import sample
+
+Z95 = 1.959963984540054
+
+
+def mean_ci(x: Tensor) -> dict[str, float]:
+    """Mean and normal-approximation 95% confidence interval of a sample."""
+    x = x.double().flatten()
+    n = x.numel()
+    m = x.mean().item()
+    se = x.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": m, "ci_low": m - Z95 * se, "ci_high": m + Z95 * se, "se": se, "n": n}
+
+
+def paired_difference(before: Tensor, after: Tensor) -> dict[str, float]:
+    """``after − before`` per item (same prompt and start noise): mean, 95% CI, z."""
+    d = mean_ci(after.double() - before.double())
+    d["z"] = d["mean"] / d["se"] if d["se"] and d["se"] > 0 else float("nan")
+    d["significant"] = bool(d["ci_low"] > 0 or d["ci_high"] < 0)
+    return d
+
+
+def diversity(images: Tensor, prompts: Sequence[str]) -> float:
+    """Mean pairwise RMS pixel distance between images of the same prompt."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, []).append(i)
+    dists = []
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue
+        flat = images[idx].flatten(1).double()
+        d = torch.cdist(flat, flat) / math.sqrt(flat.shape[1])
+        iu = torch.triu_indices(len(idx), len(idx), 1)
+        dists.append(d[iu[0], iu[1]])
+    return torch.cat(dists).mean().item() if dists else float("nan")
+
+
+@torch.no_grad()
+def generate(
+    policy: Any,
+    prompts: Sequence[str],
+    sample_cfg: SampleConfig,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> Tensor:
+    """Images ``(N,3,H,W)`` in [0,1] on CPU for ``prompts``; batch ``k`` uses seed ``(seed, k)``."""
+    s = sample_cfg
+    schedule = policy.schedule(s.num_steps, s.eta, s.noise_level)
+    out = []
+    for k, start in enumerate(range(0, len(prompts), batch_size)):
+        chunk = list(prompts[start : start + batch_size])
+        g = torch.Generator().manual_seed(seed * 1_000_003 + k)
+        cond = policy.encode_prompt(chunk, guidance=s.guidance_scale != 1.0)
+        x = policy.initial_noise(len(chunk), g, s.height, s.width)
+        res = sample(
+            policy, cond, schedule, guidance_scale=s.guidance_scale, latents=x, generator=g
+        )
+        out.append(policy.decode(res.latents).cpu())
+    return torch.cat(out)
+
+
+@dataclass
+class EvalResult:
+    """Per-sample scores (name → ``(N,)``), the prompts and images they belong to."""
+
+    prompts: list[str]
+    scores: dict[str, Tensor]
+    images: Tensor
+    diversity: float = float("nan")
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, s in self.scores.items():
+            ci = mean_ci(s)
+            out[f"{name}_mean"] = ci["mean"]
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = ci["ci_low"], ci["ci_high"]
+        out["diversity"] = self.diversity
+        out["n"] = float(len(self.prompts))
+        return out
+
+
+def evaluate_policy(
+    policy: Any,
+    prompts: Sequence[str],
+    rewards: Mapping[str, Any],
+    sample_cfg: SampleConfig,
+    n_samples: int = 256,
+    batch_size: int = 32,
+    seed: int = 1234,
+) -> EvalResult:
+    """Sample ``n_samples`` images (prompts cycled) and score them with every reward."""
+    from diffusion_align.algorithms.base import score_images
+
+    cycled = [prompts[i % len(prompts)] for i in range(n_samples)]
+    images = generate(policy, cycled, sample_cfg, seed, batch_size)
+    scores = {}
+    for name, r in rewards.items():
+        cols = []
+        for i in range(0, n_samples, batch_size):
+            batch = images[i : i + batch_size].to(policy.device)
+            cols.append(score_images([r], batch, cycled[i : i + batch_size])[:, 0].cpu())
+        scores[name] = torch.cat(cols)
+    return EvalResult(cycled, scores, images, diversity(images, cycled))

@@ -1,0 +1,54 @@
+"""The efficacy pipeline end to end on a tiny pipeline with analytic stand-in rewards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from diffusion_align.efficacy import run
+from diffusion_align.evaluate import diversity, mean_ci, paired_difference
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_statistics_by_hand() -> None:
+    ci = mean_ci(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    se = (5 / 3) ** 0.5 / 2  # sample std sqrt(5/3), n = 4
+    assert ci["mean"] == 2.5 and ci["ci_high"] == pytest.approx(2.5 + 1.959964 * se, rel=1e-6)
+    d = paired_difference(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([2.0, 2.1, 1.9]))
+    assert d["mean"] == pytest.approx(1.0) and d["significant"]
+    images = torch.zeros(3, 3, 2, 2)
+    images[1] += 1.0  # same prompt: RMS distance 1 between images 0 and 1
+    assert diversity(images, ["a", "a", "b"]) == pytest.approx(1.0)
+
+
+def test_efficacy_run_writes_json_and_report(tmp_path) -> None:
+    overrides = [
+        "model.pretrained=tiny:sd",
+        "reward=colorfulness.hasler",
+        "data.prompts=[a red seven, a blue one]",
+        "data.pretrain=null",
+        "eval.rewards={}",
+        "sample.num_steps=3",
+        "algorithm.stop_range=[1, 2]",
+        "train.batch_size=2",
+        "train.gallery_prompts=2",
+    ]
+    rewards = {"gold": "sharpness.laplacian", "proxy": "colorfulness.hasler"}
+    results = run(tmp_path, ["refl"], steps=2, samples=4, model="tiny:sd", rewards=rewards,
+                  prompts=["a red seven", "a blue one"], overrides=overrides)  # fmt: skip
+    r = results["algorithms"]["refl"]
+    assert r["steps"] == 2 and {"gold", "proxy", "diversity", "reward_hacking"} <= set(r)
+    assert r["gold"]["before"]["n"] == 4
+    saved = json.loads((tmp_path / "efficacy.json").read_text())
+    assert saved["algorithms"]["refl"]["proxy"]["difference"]["n"] == 4
+    html = (tmp_path / "report.html").read_text()
+    assert "reward_curves.png" in html and "refl/after.png" in html
