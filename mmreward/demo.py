@@ -1,43 +1,39 @@
-"""The toolkit demo: score bundled images with every analytic reward and write a report.
+"""The toolkit demo on the built-in world: generate, score, check against gold, report.
 
-Data (built offline, in seconds): scikit-image's sample photos (grey ones made RGB,
-resized to 128 px on the short side with tensor ops) and scikit-learn's 8×8 digits,
-upscaled to 32×32, coloured with named colours on dark or light backgrounds, each with a
-Gaussian-blurred twin. Every item has a caption ("a red seven on a dark background").
+Everything runs on CPU from the committed world assets (no download), in a minute or two:
 
-Rewards: every registered analytic reward (:mod:`mmreward.analytic`), loaded by name.
-
-Outputs in ``out_dir``: ``scores.jsonl`` (one row per item and reward), ``summary.json``
-(per-reward statistics, Spearman correlations between rewards, sanity checks, timings),
-PNG plots and ``report.html`` (best/worst galleries per reward), all under ``images/``.
+1. the world's tiny ``StableDiffusionPipeline`` generates candidates for the **held-out
+   prompts** under six sampling settings (CFG scale × DDIM steps: a spread of qualities);
+2. every candidate is scored by the gold reward (``gold.world``), the preference-trained
+   proxy (``clip-head.world-proxy``), zero-shot CLIPScore on the tiny CLIP
+   (``clipscore.world-tiny``) and the analytic rewards (``sharpness.laplacian`` …);
+3. candidates of one prompt are paired, simulated annotators label the pairs, and each
+   reward's preference accuracy against gold is measured on the same pairs;
+4. ``out_dir`` gets ``report.html`` (best/worst galleries per reward, where the proxy and
+   gold disagree, samples per setting, tables), PNG plots, ``scores.jsonl``,
+   ``heldout.jsonl`` (the labelled pairs, in the trainer's format) and ``summary.json``.
 
 Run it with ``mmreward demo --out runs/demo`` or ``python -m mmreward.demo --out runs/demo``.
 
->>> summary = run_demo("/tmp/mmreward-demo", n_digits=4, progress=False)  # doctest: +SKIP
->>> summary["checks"]["blurred_digits_less_sharp"]["fraction"]  # doctest: +SKIP
-1.0
+>>> summary = run_demo("/tmp/mmreward-demo", n_prompts=4, progress=False)  # doctest: +SKIP
+>>> summary["preference_accuracy"]["clip-head.world-proxy"]  # doctest: +SKIP
+0.8
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import math
+import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
-from mmreward.interface import RewardOutput
-from mmreward.io import numpy_to_tensor
-from mmreward.metrics import spearman
-from mmreward.preprocess import resize_shortest
+from mmreward.metrics import pairwise_accuracy, spearman
 from mmreward.registry import get_spec, list_rewards, load
 from mmreward.report import (
     Figure,
@@ -46,175 +42,25 @@ from mmreward.report import (
     Section,
     plot_heatmap,
     plot_score_histograms,
-    save_png,
+    save_image_grid,
     write_gallery_html,
     write_json,
     write_jsonl,
 )
 
 # -- defaults (one line each) ---------------------------------------------------------
-N_DIGITS = 60  # digits drawn from sklearn's 1797; each also gets a blurred twin
-PHOTO_SHORT_SIDE = 128  # sample photos are resized to this many pixels on the short side
-DIGIT_SIZE = 32  # 8×8 digits are upscaled (bilinear) to this size
-BLUR_SIGMA = 1.2  # Gaussian blur σ (pixels at DIGIT_SIZE) of the blurred twins
 GALLERY_SIZE = 6  # best / worst items shown per reward
-
-#: scikit-image sample images (all bundled with the wheel) and their captions.
-SAMPLE_IMAGES: dict[str, str] = {
-    "astronaut": "a portrait of an astronaut in a spacesuit in front of a flag",
-    "coffee": "a cup of coffee on a saucer",
-    "chelsea": "a tabby cat looking at the camera",
-    "rocket": "a rocket on its launch pad under a blue sky",
-    "immunohistochemistry": "a microscope image of stained tissue",
-    "hubble_deep_field": "distant galaxies on a black sky",
-    "retina": "a fundus photograph of a human retina",
-    "colorwheel": "a colour wheel",
-    "logo": "the scikit-image logo",
-    "camera": "a black-and-white photo of a cameraman with a tripod",
-    "coins": "a grey photo of old coins",
-    "moon": "a grey photo of the lunar surface",
-    "page": "a scanned page of printed text",
-    "clock": "a grey photo of a wall clock",
-    "brick": "a grey texture of a brick wall",
-    "grass": "a grey texture of grass",
-    "gravel": "a grey texture of gravel",
-    "horse": "a black silhouette of a horse",
+N_DISAGREEMENTS = 4  # pairs shown where the proxy and gold disagree most
+GRID_PROMPTS = 12  # prompts shown in the samples-per-setting grid
+#: the world's rewards shown in galleries, by role
+WORLD_REWARDS = {
+    "gold": "gold.world",
+    "proxy": "clip-head.world-proxy",
+    "clipscore": "clipscore.world-tiny",
 }
 
-#: named digit colours (RGB in [0,1]) and backgrounds.
-COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (0.90, 0.10, 0.10),
-    "green": (0.10, 0.70, 0.20),
-    "blue": (0.15, 0.30, 0.95),
-    "yellow": (0.95, 0.85, 0.10),
-    "purple": (0.60, 0.20, 0.80),
-    "orange": (1.00, 0.55, 0.00),
-}
-BACKGROUNDS: dict[str, tuple[float, float, float]] = {
-    "dark": (0.06, 0.06, 0.09),
-    "light": (0.95, 0.95, 0.91),
-}
-_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
-
-@dataclass
-class DemoItem:
-    """One image to score. ``attrs`` holds what the sanity checks need (kind, pair, …)."""
-
-    id: str
-    caption: str
-    image: Tensor  # (3,H,W) float in [0,1]
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------ data
-
-
-def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of a (B,C,H,W) tensor, reflect padding, radius ⌈3σ⌉."""
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-
-
-def sample_photos(
-    names: Sequence[str] | None = None, short_side: int = PHOTO_SHORT_SIDE
-) -> tuple[list[DemoItem], list[str]]:
-    """scikit-image sample images as items, and the names that could not be loaded."""
-    import skimage.data
-
-    items, skipped = [], []
-    for name in names if names is not None else SAMPLE_IMAGES:
-        try:
-            arr = getattr(skimage.data, name)()
-        except Exception:  # missing optional file (pooch / network); skip it
-            skipped.append(name)
-            continue
-        grey = arr.ndim == 2
-        x = numpy_to_tensor(np.asarray(arr), "images")  # grey → RGB, RGBA → on white
-        x = resize_shortest(x[None], short_side, mode="bilinear", antialias=True)[0]
-        items.append(
-            DemoItem(
-                id=f"photo-{name}",
-                caption=SAMPLE_IMAGES.get(name, name.replace("_", " ")),
-                image=x.clamp(0, 1).contiguous(),
-                attrs={"kind": "photo", "source": f"skimage.data.{name}", "grey": grey},
-            )
-        )
-    return items, skipped
-
-
-def coloured_digits(
-    n_digits: int = N_DIGITS, seed: int = 0, size: int = DIGIT_SIZE, blur_sigma: float = BLUR_SIGMA
-) -> list[DemoItem]:
-    """``n_digits`` sklearn digits, coloured on a background, each followed by a blurred twin.
-
-    The digit's ink (0..16) is the alpha of a named colour over a named background; the
-    choice of digits, colours and backgrounds is drawn from ``seed``.
-    """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(len(digits.images), size=min(n_digits, len(digits.images)), replace=False)
-    colour_names, bg_names = list(COLOURS), list(BACKGROUNDS)
-    ink = torch.from_numpy(digits.images[idx].astype(np.float32) / 16.0)[:, None]
-    alpha = F.interpolate(ink, size=(size, size), mode="bilinear", align_corners=False)
-    alpha = alpha.clamp(0, 1)
-    items = []
-    for k, i in enumerate(idx):
-        colour = colour_names[rng.integers(len(colour_names))]
-        bg = bg_names[rng.integers(len(bg_names))]
-        fg_rgb = torch.tensor(COLOURS[colour]).view(3, 1, 1)
-        bg_rgb = torch.tensor(BACKGROUNDS[bg]).view(3, 1, 1)
-        sharp = bg_rgb * (1 - alpha[k]) + fg_rgb * alpha[k]
-        blurred = gaussian_blur(sharp[None], blur_sigma)[0].clamp(0, 1)
-        label = int(digits.target[i])
-        word = _DIGIT_WORDS[label]
-        base = f"digit-{int(i):04d}-{colour}-{bg}"
-        attrs = {"kind": "digit", "label": label, "colour": colour, "background": bg, "pair": base}
-        article = "an" if colour[0] in "aeiou" else "a"
-        items.append(
-            DemoItem(
-                base,
-                f"{article} {colour} {word} on a {bg} background",
-                sharp,
-                {**attrs, "blurred": False},
-            )
-        )
-        items.append(
-            DemoItem(
-                f"{base}-blur",
-                f"a blurry {colour} {word} on a {bg} background",
-                blurred,
-                {**attrs, "blurred": True},
-            )
-        )
-    return items
-
-
-def build_demo_data(
-    n_digits: int = N_DIGITS, seed: int = 0, photos: Sequence[str] | None = None
-) -> tuple[list[DemoItem], dict[str, Any]]:
-    """All demo items (photos, then digits) and a short description of the data."""
-    photo_items, skipped = sample_photos(photos)
-    digit_items = coloured_digits(n_digits, seed)
-    info = {
-        "n_items": len(photo_items) + len(digit_items),
-        "n_photos": len(photo_items),
-        "n_digit_items": len(digit_items),
-        "photos_skipped": skipped,
-        "seed": seed,
-    }
-    return photo_items + digit_items, info
-
-
-# --------------------------------------------------------------------------- scoring
+# --------------------------------------------------------------------------- rewards
 
 
 def analytic_reward_names() -> list[str]:
@@ -228,112 +74,28 @@ def analytic_reward_names() -> list[str]:
     return names
 
 
-def score_items(
-    items: Sequence[DemoItem], rewards: Sequence[str], progress: bool = True
-) -> tuple[dict[str, RewardOutput], dict[str, float]]:
-    """Score every item with every reward: outputs and seconds spent, by reward name."""
-    from tqdm.auto import tqdm
+def load_world_rewards(assets: str | Path | None = None) -> dict[str, Any]:
+    """Gold, proxy and CLIPScore by role: registered names, or a build folder's files."""
+    if assets is None:
+        return {role: load(name) for role, name in WORLD_REWARDS.items()}
+    from mmreward.world.gold import load_gold
+    from mmreward.world.proxy import world_clipscore, world_proxy
 
-    images = [it.image for it in items]
-    outputs, seconds = {}, {}
-    bar = tqdm(rewards, desc="scoring", disable=not progress)
-    for name in bar:
-        bar.set_postfix_str(name)
-        t0 = time.perf_counter()
-        rm = load(name)
-        outputs[name] = rm.score(images, batch_size=64)
-        seconds[name] = time.perf_counter() - t0
-    return outputs, seconds
-
-
-# ---------------------------------------------------------------------------- checks
+    assets = Path(assets)
+    models = {
+        "gold": load_gold(assets / "gold"),
+        "proxy": world_proxy(assets / "proxy"),
+        "clipscore": world_clipscore(assets / "clip"),
+    }
+    for role, model in models.items():
+        model.reward_name = WORLD_REWARDS[role]
+    return {role: m.eval() for role, m in models.items()}
 
 
-def _pair_fraction(better: np.ndarray, worse: np.ndarray) -> tuple[float, int]:
-    """Fraction of pairs (elementwise, or all pairs if shapes differ) with better > worse."""
-    if better.size == 0 or worse.size == 0:
-        return float("nan"), 0
-    if better.shape == worse.shape:
-        wins = better > worse
-    else:
-        wins = better[:, None] > worse[None, :]
-    return float(wins.mean()), int(wins.size)
+# ------------------------------------------------------------------------------ analysis
 
 
-def sanity_checks(
-    items: Sequence[DemoItem], scores: dict[str, np.ndarray], threshold: float = 0.9
-) -> dict[str, dict[str, Any]]:
-    """Known orderings the analytic rewards must reproduce, with the measured fractions."""
-    kind = np.array([it.attrs.get("kind") for it in items])
-    blurred = np.array([bool(it.attrs.get("blurred")) for it in items])
-    grey = np.array([bool(it.attrs.get("grey")) for it in items])
-    sharp_idx = np.flatnonzero((kind == "digit") & ~blurred)
-    blur_idx = sharp_idx + 1  # coloured_digits puts each blurred twin right after its original
-    pairs_ok = all(
-        items[b].attrs.get("pair") == items[s].attrs.get("pair") and blurred[b]
-        for s, b in zip(sharp_idx, blur_idx)
-    )
-    if not pairs_ok:
-        raise RuntimeError("demo data: every sharp digit must be followed by its blurred twin")
-    colour_photos = np.flatnonzero((kind == "photo") & ~grey)
-    grey_photos = np.flatnonzero((kind == "photo") & grey)
-
-    specs = [
-        (
-            "blurred_digits_less_sharp",
-            "sharpness.laplacian",
-            sharp_idx,
-            blur_idx,
-            "a sharp digit scores higher on sharpness than its blurred twin",
-        ),
-        (
-            "blurred_digits_more_compressible",
-            "jpeg.compressibility",
-            blur_idx,
-            sharp_idx,
-            "a blurred digit compresses to a smaller JPEG than its sharp original",
-        ),
-        (
-            "colour_photos_more_colourful",
-            "colorfulness.hasler",
-            colour_photos,
-            grey_photos,
-            "every colour photo scores higher on colourfulness than every grey photo",
-        ),
-        (
-            "coloured_digits_more_colourful",
-            "colorfulness.hasler",
-            sharp_idx,
-            grey_photos,
-            "every coloured digit scores higher on colourfulness than every grey photo",
-        ),
-    ]
-    checks: dict[str, dict[str, Any]] = {}
-    for name, reward, better, worse, description in specs:
-        if reward not in scores:
-            continue
-        frac, n = _pair_fraction(scores[reward][better], scores[reward][worse])
-        checks[name] = {
-            "reward": reward,
-            "description": description,
-            "fraction": frac,
-            "n_pairs": n,
-            "threshold": threshold,
-            "passed": bool(n > 0 and frac >= threshold),
-        }
-    if {"jpeg.compressibility", "jpeg.incompressibility"} <= scores.keys():
-        err = float(np.abs(scores["jpeg.compressibility"] + scores["jpeg.incompressibility"]).max())
-        checks["jpeg_rewards_are_negatives"] = {
-            "reward": "jpeg.compressibility + jpeg.incompressibility",
-            "description": "compressibility is exactly −incompressibility on every item",
-            "max_abs_error": err,
-            "n_pairs": len(items),
-            "passed": err == 0.0,
-        }
-    return checks
-
-
-def spearman_matrix(scores: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+def spearman_matrix(scores: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
     """Pairwise Spearman rank correlations (average ranks); NaN where a reward is constant."""
     names = list(scores)
     m = np.full((len(names), len(names)), np.nan)
@@ -342,6 +104,15 @@ def spearman_matrix(scores: dict[str, np.ndarray]) -> tuple[list[str], np.ndarra
             with contextlib.suppress(ValueError):  # constant scores: undefined, stays NaN
                 m[i, j] = spearman(scores[a], scores[b])
     return names, m
+
+
+def _spec_text(name: str) -> tuple[str, str]:
+    """A reward's description and paper from the registry ("" if it is not registered)."""
+    try:
+        spec = get_spec(name)
+    except KeyError:
+        return "", ""
+    return spec.description, spec.paper
 
 
 def _stats(x: np.ndarray) -> dict[str, float]:
@@ -353,62 +124,181 @@ def _stats(x: np.ndarray) -> dict[str, float]:
     }
 
 
-# ---------------------------------------------------------------------------- report
+def _setting_name(setting: Sequence[float]) -> str:
+    g, steps = setting
+    return f"{'no CFG' if g == 1.0 else f'CFG {g:g}'} · {int(steps)} steps"
 
 
-def _gallery(title, items, order, values, subs, name, paths) -> Gallery:
-    cards = []
-    for i in order:
-        shown = {name: float(values[i])}
-        shown.update({k: float(v[i]) for k, v in subs.items()})
-        cards.append(GalleryItem(paths[i], items[i].caption, shown))
-    return Gallery(title, cards)
+def setting_table(gold_out, settings: Sequence[tuple[float, int]]) -> list[dict[str, Any]]:
+    """Gold's verdict per sampling setting: share with every attribute right, mean score, …"""
+    from mmreward.world.data import ATTRIBUTES
+
+    rows = []
+    keys = list(dict.fromkeys(settings))
+    for s in keys:
+        idx = torch.tensor([i for i, t in enumerate(settings) if t == s])
+        row: dict[str, Any] = {
+            "setting": _setting_name(s),
+            "n": len(idx),
+            "all attributes right": float(gold_out.extras["correct"][idx].float().mean()),
+            "mean gold": float(gold_out.scores[idx].mean()),
+        }
+        for a in ATTRIBUTES:
+            row[a] = float(gold_out.extras[f"correct_{a}"][idx].float().mean())
+        row["sharpness"] = float(gold_out.sub_scores["sharpness"][idx].mean())
+        rows.append(row)
+    return rows
 
 
-def _report_sections(items, outputs, summary, paths, figures) -> list[Section]:
-    rewards = summary["rewards"]
-    overview = Section(
-        "Overview",
-        f"{summary['data']['n_items']} items ({summary['data']['n_photos']} scikit-image "
-        f"photos, {summary['data']['n_digit_items']} coloured scikit-learn digits, half of "
-        f"them blurred) scored with {len(rewards)} analytic rewards in "
-        f"{summary['wall_time_s']:.1f} s.",
-        figures=figures,
-        table=[
-            {
-                "reward": n,
-                **{k: r[k] for k in ("mean", "std", "min", "max")},
-                "best": r["best"],
-                "worst": r["worst"],
-            }
-            for n, r in rewards.items()
-        ],
+def annotator_accuracy(
+    scores: np.ndarray, rows: Sequence[Mapping[str, Any]], index: Mapping[str, int]
+) -> float:
+    """Agreement of a reward's ordering with the annotators' non-tie labels."""
+    a = np.array([scores[index[r["images"][0]]] for r in rows])
+    b = np.array([scores[index[r["images"][1]]] for r in rows])
+    label = np.array([{0: 1, 1: -1, "tie": 0}[r["choice"]] for r in rows])
+    return pairwise_accuracy(a, b, label)
+
+
+def sanity_checks(
+    gold_table: Sequence[Mapping[str, Any]], accuracy: Mapping[str, float], proxy: str
+) -> dict[str, dict[str, Any]]:
+    """What a working world shows: CFG and more steps help gold; learned rewards beat chance."""
+    by = {r["setting"]: r for r in gold_table}
+    checks: dict[str, dict[str, Any]] = {}
+
+    def add(name, description, measured, reference, passed):
+        checks[name] = {
+            "description": description,
+            "measured": measured,
+            "reference": reference,
+            "passed": bool(passed),
+        }
+
+    cfg, plain, few = (
+        by.get("CFG 3 · 20 steps"),
+        by.get("no CFG · 20 steps"),
+        by.get("CFG 3 · 5 steps"),
     )
-    checks = Section(
-        "Sanity checks",
-        "Orderings every correct implementation must reproduce; fraction = share of "
-        "pairs ordered as expected.",
-        table=[{"check": n, **c} for n, c in summary["checks"].items()],
-    )
-    sections = [overview, checks]
-    for name, out in outputs.items():
-        values = out.scores.detach().float().cpu().numpy()
-        subs = {k: v.detach().float().cpu().numpy() for k, v in out.sub_scores.items()}
-        order = np.argsort(-values, kind="stable")
-        k = min(GALLERY_SIZE, len(items))
-        spec = get_spec(name)
-        text = spec.description + (f" Paper: {spec.paper}." if spec.paper else "")
-        sections.append(
-            Section(
-                name,
-                text,
-                galleries=[
-                    _gallery(f"best {k}", items, order[:k], values, subs, name, paths),
-                    _gallery(f"worst {k}", items, order[::-1][:k], values, subs, name, paths),
-                ],
-            )
+    if cfg and plain:
+        add(
+            "cfg_helps",
+            "gold: more samples have every attribute right with CFG 3 than without (20 steps)",
+            cfg["all attributes right"],
+            plain["all attributes right"],
+            cfg["all attributes right"] > plain["all attributes right"],
         )
-    return sections
+    if cfg and few:
+        add(
+            "more_steps_sharper",
+            "gold sharpness is higher with 20 DDIM steps than with 5 (CFG 3)",
+            cfg["sharpness"],
+            few["sharpness"],
+            cfg["sharpness"] > few["sharpness"],
+        )
+    for role, name in (("proxy", proxy), ("CLIPScore", WORLD_REWARDS["clipscore"])):
+        if name in accuracy:
+            add(
+                f"{role.lower()}_beats_chance",
+                f"{role} orders held-out pairs as gold does more often than a coin",
+                accuracy[name],
+                0.5,
+                accuracy[name] > 0.5,
+            )
+    return checks
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _card_scores(i: int, scores: Mapping[str, np.ndarray], setting: Sequence[float]) -> dict:
+    shown: dict[str, Any] = {
+        role: float(scores[name][i]) for role, name in WORLD_REWARDS.items() if name in scores
+    }
+    shown["sampled"] = _setting_name(setting)
+    return shown
+
+
+def _galleries(name, order, prompts, paths, scores, settings) -> list[Gallery]:
+    k = min(GALLERY_SIZE, len(order))
+
+    def cards(idx):
+        return [
+            GalleryItem(paths[i], prompts[i], _card_scores(i, scores, settings[i])) for i in idx
+        ]
+
+    return [Gallery(f"best {k}", cards(order[:k])), Gallery(f"worst {k}", cards(order[::-1][:k]))]
+
+
+def _disagreements(study, scores: Mapping[str, np.ndarray], proxy: str) -> list[Gallery]:
+    gold = study["gold"].numpy()
+    p = scores[proxy]
+    wrong = [
+        (abs(p[a] - p[b]), a, b)
+        for a, b in study["pairs"]
+        if np.sign(p[a] - p[b]) * np.sign(gold[a] - gold[b]) < 0
+    ]
+    wrong.sort(reverse=True)
+    shown: set[int] = set()
+    chosen = []
+    for _, a, b in wrong:  # distinct images, so one bad sample does not fill the section
+        if a not in shown and b not in shown:
+            chosen.append((a, b))
+            shown |= {a, b}
+        if len(chosen) == N_DISAGREEMENTS:
+            break
+    galleries = []
+    for k, (a, b) in enumerate(chosen):
+        liked, right = (a, b) if p[a] > p[b] else (b, a)
+        items = [
+            GalleryItem(
+                study["paths"][i],
+                f"{label}: {study['prompts'][i]}",
+                _card_scores(i, scores, study["settings"][i]),
+            )
+            for label, i in (("proxy prefers", liked), ("gold prefers", right))
+        ]
+        galleries.append(Gallery(f"pair {k + 1}", items))
+    return galleries
+
+
+def _world_figures_table(assets_dir: Path) -> list[dict[str, Any]]:
+    """The build's reported figures (``figures.json``), flattened to table rows."""
+    path = assets_dir / "figures.json"
+    if not path.is_file():
+        return []
+    fig = json.loads(path.read_text())
+    rows = [
+        {"figure": f"tiny-CLIP zero-shot retrieval: {k}", "value": v}
+        for k, v in fig.get("clip_retrieval", {}).items()
+    ]
+    for k, v in fig.get("gold_classifier", {}).items():
+        rows.append({"figure": f"gold classifier: {k}", "value": v})
+    gen = fig.get("generation", {})
+    for split in ("heldout_prompts", "train_prompts"):
+        for setting, summary in gen.get(split, {}).items():
+            rows.append(
+                {
+                    "figure": f"samples, {split.replace('_', ' ')}, {setting}: all attributes right",
+                    "value": summary["all_correct"],
+                }
+            )
+    for k in ("inter_annotator", "cohen_kappa", "accuracy_vs_gold", "tie_rate"):
+        if k in fig.get("annotators", {}):
+            rows.append({"figure": f"annotators: {k}", "value": fig["annotators"][k]})
+    for study, result in fig.get("preference_accuracy", {}).items():
+        for subset, accuracies in result.items():
+            if not isinstance(accuracies, dict):
+                continue
+            for reward, v in accuracies.items():
+                rows.append(
+                    {
+                        "figure": f"preference accuracy vs gold, {study.replace('_', ' ')}, "
+                        f"{subset.replace('_', ' ')}: {reward}",
+                        "value": v,
+                    }
+                )
+    return rows
 
 
 # ------------------------------------------------------------------------------ main
@@ -416,76 +306,136 @@ def _report_sections(items, outputs, summary, paths, figures) -> list[Section]:
 
 def run_demo(
     out_dir: str | Path,
-    n_digits: int = N_DIGITS,
+    n_prompts: int | None = None,
+    per_prompt: int = 6,
     seed: int = 0,
     progress: bool = True,
-    rewards: Sequence[str] | None = None,
-    photos: Sequence[str] | None = None,
+    baselines: Sequence[str] | None = None,
+    assets: str | Path | None = None,
+    threads: int | None = 1,
 ) -> dict[str, Any]:
-    """Score the bundled data with the analytic rewards; write files; return the summary.
+    """Generate, score, compare with gold and write the report; returns the summary.
 
     Args:
         out_dir: output folder (created; files in it are overwritten).
-        n_digits: sklearn digits to use (each also appears blurred).
-        seed: draws the digits and their colours.
-        progress: show tqdm progress bars.
-        rewards: reward names (default: every registered analytic reward).
-        photos: scikit-image sample names (default: :data:`SAMPLE_IMAGES`).
+        n_prompts: use the first ``n_prompts`` held-out prompts (default: all 40).
+        per_prompt: candidates per prompt (cycling through the six sampling settings).
+        seed: draws the candidates' noise and the annotators' labels.
+        progress: show progress bars.
+        baselines: extra rewards to evaluate (default: every analytic reward).
+        assets: a world build folder (default: the committed assets, by registry name).
+        threads: torch CPU threads while the demo runs (restored after). The world's models
+            are tiny, so extra intra-op threads gain little and, on a busy machine, stall
+            on each other; ``None`` keeps the current setting.
 
     Returns:
         The summary also written to ``summary.json``.
     """
-    t_start = time.perf_counter()
-    out = Path(out_dir)
-    img_dir = out / "images"
-    img_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run_demo(out_dir, n_prompts, per_prompt, seed, progress, baselines, assets)
+    finally:
+        torch.set_num_threads(previous)
 
-    # -- data
+
+def _run_demo(out_dir, n_prompts, per_prompt, seed, progress, baselines, assets) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from mmreward.world.annotators import STUDY_SETTINGS, agreement, simulate_study
+    from mmreward.world.data import prompt_splits
+    from mmreward.world.diffusion import load_pipeline
+    from mmreward.world.figures import preference_report
+    from mmreward.world.gold import assets_dir
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    world = Path(assets) if assets is not None else assets_dir()
+
+    # -- load
     t0 = time.perf_counter()
-    items, data_info = build_demo_data(n_digits, seed, photos)
-    t_data = time.perf_counter() - t0
+    pipe = load_pipeline(world / "pipeline")
+    rewards = load_world_rewards(assets)
+    names = {role: m.reward_name for role, m in rewards.items()}
+    extra = list(baselines) if baselines is not None else analytic_reward_names()
+    models = {m.reward_name: m for m in rewards.values()}
+    models.update({n: load(n) for n in extra})
+    timings["load"] = time.perf_counter() - t0
+
+    # -- generate (and label: the annotators see only gold)
+    t0 = time.perf_counter()
+    prompts = [a.prompt for a in prompt_splits()["test"]][:n_prompts]
+    study = simulate_study(
+        pipe,
+        rewards["gold"],
+        prompts,
+        out,
+        "heldout",
+        per_prompt=per_prompt,
+        settings=STUDY_SETTINGS,
+        pairs_per_prompt=per_prompt * (per_prompt - 1) // 2,
+        labels_per_pair=2,
+        seed=seed,
+    )
+    timings["generate"] = time.perf_counter() - t0
 
     # -- score
-    names = list(rewards) if rewards is not None else analytic_reward_names()
-    outputs, t_score = score_items(items, names, progress)
+    t0 = time.perf_counter()
+    images, cand_prompts = study["images"], study["prompts"]
+    outputs = {}
+    for name, model in tqdm(models.items(), desc="scoring", disable=not progress):
+        kwargs = {"prompts": cand_prompts} if "prompts" in model.inputs else {}
+        outputs[name] = model.score(images, batch_size=128, **kwargs)
     scores = {
         n: o.scores.detach().float().cpu().numpy().astype(np.float64) for n, o in outputs.items()
     }
+    timings["score"] = time.perf_counter() - t0
 
     # -- analyse
-    checks = sanity_checks(items, scores)
+    gold_name, proxy_name = names["gold"], names["proxy"]
+    gold = scores[gold_name]
+    pairs = study["pairs"]
+    index = {p: i for i, p in enumerate(study["paths"])}
+    accuracy = preference_report(scores, gold, pairs)
+    ann = agreement(study["rows"])
+    accuracy_vs_labels = {n: annotator_accuracy(s, study["rows"], index) for n, s in scores.items()}
+    gold_table = setting_table(outputs[gold_name], study["settings"])
     corr_names, corr = spearman_matrix(scores)
     reward_stats = {}
     for n, s in scores.items():
         reward_stats[n] = {
             **_stats(s),
-            "best": items[int(np.argmax(s))].id,
-            "worst": items[int(np.argmin(s))].id,
-            "description": get_spec(n).description,
+            "preference_accuracy_vs_gold": accuracy[n],
+            "accuracy_vs_annotator_labels": accuracy_vs_labels[n],
+            "spearman_with_gold": float(corr[corr_names.index(n), corr_names.index(gold_name)]),
+            "description": _spec_text(n)[0],
         }
+    checks = sanity_checks(gold_table, accuracy, proxy_name)
 
     # -- write
     t0 = time.perf_counter()
-    from tqdm.auto import tqdm
-
-    paths = []
-    for it in tqdm(items, desc="images", disable=not progress):
-        paths.append(save_png(it.image, img_dir / f"{it.id}.png").relative_to(out))
     rows = []
-    for n, o in outputs.items():
-        for it, path, row in zip(items, paths, o.to_rows()):
-            rows.append(
-                {
-                    "id": it.id,
-                    "caption": it.caption,
-                    "reward": n,
-                    "score": row["score"],
-                    "sub_scores": row.get("sub_scores", {}),
-                    "image": path.as_posix(),
-                }
-            )
+    for i, (p, path) in enumerate(zip(cand_prompts, study["paths"])):
+        g, steps = study["settings"][i]
+        rows.append(
+            {
+                "id": Path(path).stem,
+                "prompt": p,
+                "image": path,
+                "guidance_scale": g,
+                "num_inference_steps": steps,
+                "scores": {n: float(s[i]) for n, s in scores.items()},
+                "gold_sub_scores": {
+                    k: float(v[i]) for k, v in outputs[gold_name].sub_scores.items()
+                },
+                "gold_all_correct": bool(outputs[gold_name].extras["correct"][i]),
+            }
+        )
     write_jsonl(out / "scores.jsonl", rows)
+    img_dir = out / "images"
     hist = plot_score_histograms(scores, img_dir / "plot_score_histograms.png")
     heat = plot_heatmap(
         corr,
@@ -493,55 +443,165 @@ def run_demo(
         img_dir / "plot_spearman.png",
         title="Spearman rank correlation between rewards",
     )
+    grid_prompts = list(range(min(GRID_PROMPTS, len(prompts))))
+    grid = [
+        images[k * per_prompt + s]
+        for s in range(min(per_prompt, len(STUDY_SETTINGS)))
+        for k in grid_prompts
+    ]
+    grid_png = save_image_grid(
+        [x.repeat_interleave(3, 1).repeat_interleave(3, 2) for x in grid],
+        img_dir / "plot_samples_by_setting.png",
+        nrow=len(grid_prompts),
+        padding=4,
+    )
     figures = [
         Figure(hist.relative_to(out), "score distribution per reward (dashed: mean)"),
-        Figure(heat.relative_to(out), "Spearman rank correlation between rewards"),
+        Figure(
+            heat.relative_to(out),
+            "Spearman rank correlation between rewards on the same candidates",
+        ),
     ]
     summary: dict[str, Any] = {
-        "data": data_info,
+        "data": {
+            "n_prompts": len(prompts),
+            "per_prompt": per_prompt,
+            "n_images": len(cand_prompts),
+            "n_pairs": len(pairs),
+            "settings": [list(s) for s in dict.fromkeys(study["settings"])],
+            "seed": seed,
+            "prompts": prompts,
+        },
+        "roles": names,
         "rewards": reward_stats,
+        "preference_accuracy": accuracy,
+        "annotators": ann,
+        "gold_by_setting": gold_table,
         "spearman": {"names": corr_names, "matrix": corr},
         "checks": checks,
         "all_checks_passed": all(c["passed"] for c in checks.values()),
-        "timings_s": {"data": t_data, "score": t_score},
+        "timings_s": timings,
+        "threads": torch.get_num_threads(),
         "files": {
             "scores": "scores.jsonl",
+            "pairs": "heldout.jsonl",
             "report": "report.html",
-            "figures": [f.path for f in figures],
+            "figures": [f.path for f in figures] + [grid_png.relative_to(out)],
         },
     }
-    # the report states the wall time, so it is measured up to here (the HTML is quick)
     summary["wall_time_s"] = time.perf_counter() - t_start
+    sections = _report_sections(study, scores, summary, figures, grid_png.relative_to(out), world)
     write_gallery_html(
         out / "report.html",
-        "mmreward demo: analytic rewards on bundled images",
-        _report_sections(items, outputs, summary, paths, figures),
-        subtitle=f"{data_info['n_items']} items · seed {seed}",
+        "mmreward demo: the built-in world",
+        sections,
+        subtitle=f"{len(cand_prompts)} samples for {len(prompts)} held-out prompts · seed {seed}",
     )
-    summary["timings_s"]["write"] = time.perf_counter() - t0
+    timings["write"] = time.perf_counter() - t0
     summary["wall_time_s"] = time.perf_counter() - t_start
     write_json(out / "summary.json", summary)
     return summary
 
 
+def _report_sections(study, scores, summary, figures, grid_png, world: Path) -> list[Section]:
+    names = summary["roles"]
+    data = summary["data"]
+    acc_rows = [
+        {
+            "reward": n,
+            "preference accuracy vs gold": r["preference_accuracy_vs_gold"],
+            "accuracy vs annotator labels": r["accuracy_vs_annotator_labels"],
+            "Spearman with gold": r["spearman_with_gold"],
+            "mean": r["mean"],
+            "std": r["std"],
+        }
+        for n, r in sorted(
+            summary["rewards"].items(), key=lambda kv: -kv[1]["preference_accuracy_vs_gold"]
+        )
+    ]
+    ann = summary["annotators"]
+    overview = Section(
+        "Overview",
+        f"The world's tiny Stable Diffusion pipeline generated {data['n_images']} samples for "
+        f"{data['n_prompts']} held-out prompts (never seen in training), {data['per_prompt']} per "
+        f"prompt under different sampling settings. Each reward scored every sample; "
+        f"{data['n_pairs']} same-prompt pairs were labelled by simulated annotators (two labels "
+        f"per pair) from gold scores. Preference accuracy = share of pairs a reward orders as the "
+        f"gold reward does (gold ties excluded). Annotators agree with each other on "
+        f"{ann.get('inter_annotator', float('nan')):.0%} of labels and with gold on "
+        f"{ann['accuracy_vs_gold']:.0%} of their non-tie labels. Wall time "
+        f"{summary['wall_time_s']:.0f} s.",
+        figures=figures,
+        table=acc_rows,
+    )
+    samples = Section(
+        "Samples by sampling setting",
+        "Rows: sampling settings (top to bottom as in the table); columns: the first held-out "
+        "prompts. The table is the gold reward's verdict per setting (share of samples with "
+        "every attribute right, per-attribute accuracy, mean gold score and sharpness).",
+        figures=[
+            Figure(grid_png, "rows: " + "; ".join(r["setting"] for r in summary["gold_by_setting"]))
+        ],
+        table=summary["gold_by_setting"],
+    )
+    sections = [overview, samples]
+    settings, prompts, paths = study["settings"], study["prompts"], study["paths"]
+    for role in ("gold", "proxy", "clipscore"):
+        name = names[role]
+        description, paper = _spec_text(name)
+        order = np.argsort(-scores[name], kind="stable")
+        text = description + (f" Paper: {paper}." if paper else "")
+        sections.append(
+            Section(name, text, galleries=_galleries(name, order, prompts, paths, scores, settings))
+        )
+    sections.append(
+        Section(
+            "Where the proxy and gold disagree",
+            "Same-prompt pairs the proxy orders against gold, largest proxy margin first: what "
+            "an alignment loop optimising the proxy would push towards.",
+            galleries=_disagreements(study, scores, names["proxy"]),
+        )
+    )
+    sections.append(
+        Section(
+            "Sanity checks",
+            "What a working world shows (measured vs reference).",
+            table=[{"check": n, **c} for n, c in summary["checks"].items()],
+        )
+    )
+    built = _world_figures_table(world)
+    if built:
+        sections.append(
+            Section(
+                "How the world was built",
+                "Figures recorded by `python -m mmreward.world.build` (figures.json next to the "
+                "assets): tiny-CLIP retrieval, gold classifier accuracy, generated-sample gold "
+                "accuracy with and without CFG, annotator agreement, proxy vs CLIPScore.",
+                table=built,
+            )
+        )
+    return sections
+
+
 def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     print(f"\nwrote {out_dir / 'report.html'} ({summary['wall_time_s']:.1f} s)")
     for name, r in summary["rewards"].items():
-        print(f"  {name:26s} mean {r['mean']:10.4g}  std {r['std']:10.4g}  best {r['best']}")
+        print(f"  {name:26s} preference accuracy vs gold {r['preference_accuracy_vs_gold']:.3f}")
     for name, c in summary["checks"].items():
-        measured = c.get("fraction", c.get("max_abs_error"))
-        print(f"  check {name:34s} {measured:.4g}  {'ok' if c['passed'] else 'FAILED'}")
+        print(
+            f"  check {name:24s} {c['measured']:.3f} vs {c['reference']:.3f}  {'ok' if c['passed'] else 'FAILED'}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/demo", help="output folder")
-    parser.add_argument("--n-digits", type=int, default=N_DIGITS, help="digits to use")
+    parser.add_argument("--n-prompts", type=int, default=None, help="held-out prompts to use")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
     summary = run_demo(
-        args.out, n_digits=args.n_digits, seed=args.seed, progress=not args.no_progress
+        args.out, n_prompts=args.n_prompts, seed=args.seed, progress=not args.no_progress
     )
     _print_summary(summary, Path(args.out))
     return summary
