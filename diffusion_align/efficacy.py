@@ -188,7 +188,7 @@ def run(
     from diffusion_align.data import read_prompts
     from mmreward.report import write_gallery_html, write_json
 
-    out = Path(out)
+    out = Path(out).resolve()  # report figures are referenced from other folders too
     out.mkdir(parents=True, exist_ok=True)
     reward_models = {k: mmreward.load(v) for k, v in (rewards or WORLD_REWARDS).items()}
     eval_prompts = read_prompts(prompts)

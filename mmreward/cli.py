@@ -1,4 +1,4 @@
-"""The ``mmreward`` command line: list, score, eval, train, demo.
+"""The ``mmreward`` command line: list, score, eval, train, demo, align.
 
 The CLI is the composition root: model packages are imported only when a command needs
 them (through the registry's lazy factories).
@@ -8,6 +8,7 @@ them (through the registry's lazy factories).
     mmreward eval --reward runs/rm/model --pairs pairs.jsonl
     mmreward train --config rm/convnet_sharpness train.lr=1e-3
     mmreward demo --out runs/demo
+    mmreward align --config align/refl_world train.max_steps=30
 """
 
 from __future__ import annotations
@@ -273,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    from diffusion_align.cli import add_parser as add_align_parser
+
+    add_align_parser(sub)
     return parser
 
 

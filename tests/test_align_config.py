@@ -100,3 +100,19 @@ def test_add_parser_registers_align() -> None:
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["align", "--config", "align/refl_world", "train.lr=1e-4"])
     assert args.command == "align" and args.overrides == ["train.lr=1e-4"]
+
+
+def test_core_cli_runs_align(tmp_path, capsys) -> None:
+    from mmreward.cli import main as mmreward_main
+
+    out = tmp_path / "run"
+    args = ["align", "--config", "align/draft_world", "model.pretrained=tiny:sd",
+            "reward=colorfulness.hasler", "sample.num_steps=2", "algorithm.k=1",
+            "data.prompts=[a red seven]", "eval.prompts=null", "eval.rewards={}",
+            f"train.output_dir={out}", "train.max_steps=1", "train.batch_size=1",
+            "train.progress=false", "train.gallery_prompts=0"]  # fmt: skip
+    assert mmreward_main(args) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 1
+    assert (out / "metrics.jsonl").is_file()
+    assert mmreward_main(["align", "--config", "align/draft_world", "model.bogus=1"]) == 2
+    assert "model: unknown option(s) ['bogus']" in capsys.readouterr().err

@@ -30,7 +30,8 @@ def test_statistics_by_hand() -> None:
     assert diversity(images, ["a", "a", "b"]) == pytest.approx(1.0)
 
 
-def test_efficacy_run_writes_json_and_report(tmp_path) -> None:
+def test_efficacy_run_writes_json_and_report(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative output folder, as the CLI passes it
     overrides = [
         "model.pretrained=tiny:sd",
         "reward=colorfulness.hasler",
@@ -43,12 +44,12 @@ def test_efficacy_run_writes_json_and_report(tmp_path) -> None:
         "train.gallery_prompts=2",
     ]
     rewards = {"gold": "sharpness.laplacian", "proxy": "colorfulness.hasler"}
-    results = run(tmp_path, ["refl"], steps=2, samples=4, model="tiny:sd", rewards=rewards,
+    results = run("eff", ["refl"], steps=2, samples=4, model="tiny:sd", rewards=rewards,
                   prompts=["a red seven", "a blue one"], overrides=overrides)  # fmt: skip
     r = results["algorithms"]["refl"]
     assert r["steps"] == 2 and {"gold", "proxy", "diversity", "reward_hacking"} <= set(r)
     assert r["gold"]["before"]["n"] == 4
-    saved = json.loads((tmp_path / "efficacy.json").read_text())
+    saved = json.loads((tmp_path / "eff" / "efficacy.json").read_text())
     assert saved["algorithms"]["refl"]["proxy"]["difference"]["n"] == 4
-    html = (tmp_path / "report.html").read_text()
+    html = (tmp_path / "eff" / "report.html").read_text()
     assert "reward_curves.png" in html and "refl/after.png" in html
