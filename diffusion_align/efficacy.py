@@ -11,6 +11,7 @@ but the gold reward does not.
 
     python -m diffusion_align.efficacy --out runs/align_efficacy            # all algorithms
     python -m diffusion_align.efficacy --algorithms refl,dpo --steps 30
+    python -m diffusion_align.efficacy --train-rewards recipe,gold.world  # proxy and gold
 
 Writes ``efficacy.json`` and ``report.html`` (before/after galleries, reward curves) into
 ``--out``, and each run's own folder (metrics, galleries, checkpoints) below it.
@@ -80,24 +81,33 @@ def run_algorithm(
     steps: int | None = None,
     overrides: Sequence[str] = (),
     config: str | None = None,
+    train_reward: str | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
-    """Train one world recipe, evaluate it on the held-out prompts, compare with ``before``."""
+    """Train one world recipe, evaluate it on the held-out prompts, compare with ``before``.
+
+    ``train_reward`` replaces the recipe's training reward; the run's folder is
+    ``out / label`` (default: the algorithm's name).
+    """
     from diffusion_align.cli import build_trainer, load_config
 
-    extra = [f"train.output_dir={out / name}", "eval.prompts=null", "train.progress=false"]
+    label = label or name
+    extra = [f"train.output_dir={out / label}", "eval.prompts=null", "train.progress=false"]
     if steps is not None:
         extra.append(f"train.max_steps={steps}")
-    cfg = load_config(config or f"align/{name}_world", [*extra, *overrides])
+    last = [] if train_reward is None else [f"reward={train_reward}"]  # wins over overrides
+    cfg = load_config(config or f"align/{name}_world", [*extra, *overrides, *last])
     trainer = build_trainer(cfg)
     t0 = time.time()
     trainer.train()
     wall = time.time() - t0
     with trainer.eval_weights():
         after = evaluate_policy(trainer.policy, prompts, rewards, EVAL_SAMPLE, samples, seed=seed)
-    _grid(after.images, out / name / "after.png")
+    _grid(after.images, out / label / "after.png")
     result = compare(before, after)
     result.update(
         algorithm=name,
+        train_reward=cfg.reward,
         steps=cfg.train.max_steps,
         batch_size=cfg.train.batch_size,
         lr=cfg.train.lr,
@@ -113,7 +123,11 @@ def report_sections(results: dict[str, Any], out: Path) -> list:
 
     table = []
     for name, r in results["algorithms"].items():
-        row: dict[str, Any] = {"algorithm": name, "steps": r["steps"]}
+        row: dict[str, Any] = {
+            "run": name,
+            "trained on": _reward_text(r.get("train_reward")),
+            "steps": r["steps"],
+        }
         for rew in ("gold", "proxy"):
             if rew in r:
                 b, a, d = r[rew]["before"], r[rew]["after"], r[rew]["difference"]
@@ -135,6 +149,8 @@ def report_sections(results: dict[str, Any], out: Path) -> list:
             "Alignment efficacy on the built-in world",
             f"{n} samples on the held-out prompts per evaluation (the same start noise before "
             "and after: paired differences); means ± 95% normal-approximation half-widths. "
+            "'Trained on' is the reward the run optimised (Diffusion-DPO: the simulated "
+            "annotators' preference pairs). "
             "'Reward hacking' = the proxy rises significantly while the gold reward does not. "
             "Diversity = mean pairwise RMS pixel distance between samples of one prompt.",
             table=table,
@@ -170,6 +186,32 @@ def report_sections(results: dict[str, Any], out: Path) -> list:
     return sections
 
 
+def _reward_text(reward: Any) -> str:
+    if reward is None:
+        return "preference pairs"
+    return reward if isinstance(reward, str) else " + ".join(map(str, reward))
+
+
+def run_labels(
+    algorithms: Sequence[str], train_rewards: Sequence[str | None]
+) -> list[tuple[str, str, str | None]]:
+    """``(label, algorithm, train_reward)`` per run: every algorithm × training reward
+    (``None``: the recipe's own). Algorithms without a training reward (Diffusion-DPO) run
+    once, with their recipe.
+
+    >>> run_labels(["refl", "dpo"], [None, "gold.world"])
+    [('refl', 'refl', None), ('refl@gold.world', 'refl', 'gold.world'), ('dpo', 'dpo', None)]
+    """
+    from diffusion_align.algorithms import get_algorithm
+
+    runs = []
+    for name in algorithms:
+        rewards = list(train_rewards) if get_algorithm(name).needs_reward else [None]
+        for reward in dict.fromkeys(rewards):
+            runs.append((name if reward is None else f"{name}@{reward}", name, reward))
+    return runs
+
+
 def run(
     out: str | Path,
     algorithms: Sequence[str] = ALGORITHMS,
@@ -180,8 +222,10 @@ def run(
     rewards: dict[str, str] | None = None,
     prompts: str = "world:test",
     overrides: Sequence[str] = (),
+    train_rewards: Sequence[str | None] = (None,),
 ) -> dict[str, Any]:
-    """Evaluate the base model once, then train and evaluate each algorithm; write the report."""
+    """Evaluate the base model once, then train and evaluate each algorithm (× each training
+    reward in ``train_rewards``; ``None`` = the recipe's own) and write the report."""
     import mmreward
     from diffusion_align.cli import build_policy
     from diffusion_align.config import ModelConfig
@@ -204,21 +248,25 @@ def run(
         "before": before.summary(),
         "algorithms": {},
     }
-    for name in algorithms:
-        results["algorithms"][name] = run_algorithm(
-            name, out, before, reward_models, eval_prompts, samples, seed, steps, overrides
-        )
+    for label, name, train_reward in run_labels(algorithms, train_rewards):
+        results["algorithms"][label] = run_algorithm(
+            name, out, before, reward_models, eval_prompts, samples, seed, steps, overrides,
+            train_reward=train_reward, label=label,
+        )  # fmt: skip
         write_json(out / "efficacy.json", results)
     write_gallery_html(out / "report.html", "Diffusion alignment on the built-in world",
                        report_sections(results, out))  # fmt: skip
     return results
 
 
-def demo_sections(out: str | Path, steps: int = 30, samples: int = 64) -> list:
-    """A short ReFL run on the world for the README demo: report sections (table, reward
-    curve, before/after galleries), files under ``out``."""
-    results = run(out, ["refl"], steps=steps, samples=samples)
-    return report_sections(results, Path(out))
+def demo_sections(
+    out: str | Path, steps: int = 30, samples: int = 128
+) -> tuple[dict[str, Any], list]:
+    """Short ReFL runs on the world for the README demo, one against the proxy and one
+    against the gold reward: ``(results, report sections)``, files under ``out``."""
+    results = run(out, ["refl"], steps=steps, samples=samples,
+                  train_rewards=[None, WORLD_REWARDS["gold"]])  # fmt: skip
+    return results, report_sections(results, Path(out).resolve())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -228,12 +276,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override every recipe's max_steps")
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--train-rewards", default="recipe",
+                        help="comma-separated training rewards per algorithm; 'recipe' = the "
+                        "recipe's own (e.g. recipe,gold.world runs each twice)")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    train_rewards = [None if r.strip() == "recipe" else r.strip()
+                     for r in args.train_rewards.split(",") if r.strip()]  # fmt: skip
     results = run(args.out, [a.strip() for a in args.algorithms.split(",") if a.strip()],
-                  args.steps, args.samples, overrides=args.overrides)  # fmt: skip
+                  args.steps, args.samples, overrides=args.overrides,
+                  train_rewards=train_rewards)  # fmt: skip
     for name, r in results["algorithms"].items():
         g, p = r["gold"]["difference"], r["proxy"]["difference"]
         print(f"{name:10s} gold Δ {g['mean']:+.4f} [{g['ci_low']:+.4f}, {g['ci_high']:+.4f}]  "

@@ -233,7 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mmreward.demo import run_demo
 
-    summary = run_demo(args.out, progress=not args.no_progress)
+    summary = run_demo(args.out, progress=not args.no_progress, align_steps=args.align_steps)
     print(f"report: {Path(args.out) / 'report.html'}")
     if isinstance(summary, dict) and "wall_time_s" in summary:
         print(f"wall time: {summary['wall_time_s']:.1f} s")
@@ -273,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the demo on the built-in data and write a report")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--align-steps", type=int, default=30,
+                   help="steps of the demo's ReFL runs (0: no alignment)")  # fmt: skip
     p.set_defaults(func=cmd_demo)
 
     from diffusion_align.cli import add_parser as add_align_parser

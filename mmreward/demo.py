@@ -9,7 +9,9 @@ Everything runs on CPU from the committed world assets (no download), in a minut
    (``clipscore.world-tiny``) and the analytic rewards (``sharpness.laplacian`` …);
 3. candidates of one prompt are paired, simulated annotators label the pairs, and each
    reward's preference accuracy against gold is measured on the same pairs;
-4. ``out_dir`` gets ``report.html`` (best/worst galleries per reward, where the proxy and
+4. two short ReFL runs fine-tune the pipeline (LoRA) against the proxy and against gold;
+   held-out samples before/after are scored with both (``out_dir/align``);
+5. ``out_dir`` gets ``report.html`` (best/worst galleries per reward, where the proxy and
    gold disagree, samples per setting, tables), PNG plots, ``scores.jsonl``,
    ``heldout.jsonl`` (the labelled pairs, in the trainer's format) and ``summary.json``.
 
@@ -313,6 +315,8 @@ def run_demo(
     baselines: Sequence[str] | None = None,
     assets: str | Path | None = None,
     threads: int | None = 1,
+    align_steps: int = 30,
+    align_samples: int = 128,
 ) -> dict[str, Any]:
     """Generate, score, compare with gold and write the report; returns the summary.
 
@@ -327,6 +331,10 @@ def run_demo(
         threads: torch CPU threads while the demo runs (restored after). The world's models
             are tiny, so extra intra-op threads gain little and, on a busy machine, stall
             on each other; ``None`` keeps the current setting.
+        align_steps: optimizer steps of the two short ReFL runs (against the proxy, and
+            against gold), written to ``out_dir/align``; 0 skips alignment. Runs on the
+            committed world only (skipped when ``assets`` is given).
+        align_samples: held-out samples per before/after evaluation of those runs.
 
     Returns:
         The summary also written to ``summary.json``.
@@ -335,12 +343,15 @@ def run_demo(
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run_demo(out_dir, n_prompts, per_prompt, seed, progress, baselines, assets)
+        return _run_demo(out_dir, n_prompts, per_prompt, seed, progress, baselines, assets,
+                         align_steps, align_samples)  # fmt: skip
     finally:
         torch.set_num_threads(previous)
 
 
-def _run_demo(out_dir, n_prompts, per_prompt, seed, progress, baselines, assets) -> dict[str, Any]:
+def _run_demo(
+    out_dir, n_prompts, per_prompt, seed, progress, baselines, assets, align_steps, align_samples
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from mmreward.world.annotators import STUDY_SETTINGS, agreement, simulate_study
@@ -489,8 +500,23 @@ def _run_demo(out_dir, n_prompts, per_prompt, seed, progress, baselines, assets)
             "figures": [f.path for f in figures] + [grid_png.relative_to(out)],
         },
     }
+    align_sections: list[Section] = []
+    if align_steps > 0 and assets is None:
+        from diffusion_align.efficacy import demo_sections
+
+        t0 = time.perf_counter()
+        results, align_sections = demo_sections(out / "align", align_steps, align_samples)
+        summary["alignment"] = {
+            label: {k: r[k] for k in ("train_reward", "steps", "gold", "proxy", "diversity",
+                                      "gold_raised", "reward_hacking", "train_wall_s")}
+            for label, r in results["algorithms"].items()
+        }  # fmt: skip
+        summary["files"]["alignment"] = "align/efficacy.json"
+        timings["align"] = time.perf_counter() - t0
     summary["wall_time_s"] = time.perf_counter() - t_start
     sections = _report_sections(study, scores, summary, figures, grid_png.relative_to(out), world)
+    at = next(i for i, sec in enumerate(sections) if sec.heading == "Sanity checks")
+    sections[at:at] = align_sections
     write_gallery_html(
         out / "report.html",
         "mmreward demo: the built-in world",
@@ -599,10 +625,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n-prompts", type=int, default=None, help="held-out prompts to use")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--align-steps", type=int, default=30,
+                        help="steps of the demo's ReFL runs (0: no alignment)")  # fmt: skip
     args = parser.parse_args(argv)
-    summary = run_demo(
-        args.out, n_prompts=args.n_prompts, seed=args.seed, progress=not args.no_progress
-    )
+    summary = run_demo(args.out, n_prompts=args.n_prompts, seed=args.seed,
+                       progress=not args.no_progress, align_steps=args.align_steps)  # fmt: skip
     _print_summary(summary, Path(args.out))
     return summary
 

@@ -45,7 +45,13 @@ def test_efficacy_run_writes_json_and_report(tmp_path, monkeypatch) -> None:
     ]
     rewards = {"gold": "sharpness.laplacian", "proxy": "colorfulness.hasler"}
     results = run("eff", ["refl"], steps=2, samples=4, model="tiny:sd", rewards=rewards,
-                  prompts=["a red seven", "a blue one"], overrides=overrides)  # fmt: skip
+                  prompts=["a red seven", "a blue one"], overrides=overrides,
+                  train_rewards=[None, "sharpness.laplacian"])  # fmt: skip
+    assert list(results["algorithms"]) == ["refl", "refl@sharpness.laplacian"]
+    assert results["algorithms"]["refl"]["train_reward"] == "colorfulness.hasler"
+    assert (
+        results["algorithms"]["refl@sharpness.laplacian"]["train_reward"] == "sharpness.laplacian"
+    )
     r = results["algorithms"]["refl"]
     assert r["steps"] == 2 and {"gold", "proxy", "diversity", "reward_hacking"} <= set(r)
     assert r["gold"]["before"]["n"] == 4
@@ -53,3 +59,4 @@ def test_efficacy_run_writes_json_and_report(tmp_path, monkeypatch) -> None:
     assert saved["algorithms"]["refl"]["proxy"]["difference"]["n"] == 4
     html = (tmp_path / "eff" / "report.html").read_text()
     assert "reward_curves.png" in html and "refl/after.png" in html
+    assert "refl%40sharpness.laplacian/after.png" in html

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -187,3 +188,20 @@ def test_plot_curves_writes_png(tmp_path):
     assert Image.open(path).format == "PNG"
     with pytest.raises(ValueError, match="xs"):
         plot_curves({"bad": ([0, 1], [1.0])}, tmp_path / "d.png")
+
+
+def test_demo_alignment_runs_on_the_committed_world(tmp_path):
+    out = tmp_path / "demo"
+    summary = run_demo(out, n_prompts=2, per_prompt=2, progress=False, align_steps=1,
+                       align_samples=8)  # fmt: skip
+    runs = summary["alignment"]
+    assert set(runs) == {"refl", "refl@gold.world"}
+    assert runs["refl"]["train_reward"] == "clip-head.world-proxy"
+    for r in runs.values():
+        assert r["steps"] == 1 and r["gold"]["before"]["n"] == 8
+        assert isinstance(r["reward_hacking"], bool)
+    text = (out / "report.html").read_text()
+    assert "Alignment efficacy on the built-in world" in text
+    for src in re.findall(r'<img src="([^"]+)"', text):
+        assert (out / unquote(src)).is_file(), src
+    assert (out / "align" / "efficacy.json").is_file()
