@@ -165,8 +165,10 @@ def report_sections(results: dict[str, Any], out: Path) -> list:
     if curves:
         figures.append(
             Figure(
-                plot_curves(curves, out / "reward_curves.png", ylabel="proxy reward (train batch)"),
-                "Proxy reward of the training samples per step",
+                plot_curves(
+                    curves, out / "reward_curves.png", ylabel="training reward (train batch)"
+                ),
+                "Each run's training reward on its training samples, per step",
             )
         )
     dpo = {n: r["curves"]["train/implicit_acc"] for n, r in results["algorithms"].items()

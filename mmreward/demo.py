@@ -504,7 +504,7 @@ def _run_demo(
     if align_steps > 0 and assets is None:
         from diffusion_align.efficacy import demo_sections
 
-        t0 = time.perf_counter()
+        t_align = time.perf_counter()
         results, align_sections = demo_sections(out / "align", align_steps, align_samples)
         summary["alignment"] = {
             label: {k: r[k] for k in ("train_reward", "steps", "gold", "proxy", "diversity",
@@ -512,7 +512,7 @@ def _run_demo(
             for label, r in results["algorithms"].items()
         }  # fmt: skip
         summary["files"]["alignment"] = "align/efficacy.json"
-        timings["align"] = time.perf_counter() - t0
+        timings["align"] = time.perf_counter() - t_align
     summary["wall_time_s"] = time.perf_counter() - t_start
     sections = _report_sections(study, scores, summary, figures, grid_png.relative_to(out), world)
     at = next(i for i, sec in enumerate(sections) if sec.heading == "Sanity checks")

@@ -32,7 +32,6 @@ from mmreward.world.data import ATTRIBUTES
 DECISIVE = 0.1  # |Δgold| above which a pair counts as decisive (a clear difference)
 #: how closely a rebuild from scratch reproduces the figures (absolute, on accuracies in [0,1])
 TOLERANCE = {
-    "same_machine_same_threads": 0.0,
     "clip_retrieval": 0.05,
     "gold_classifier": 0.02,
     "generation": 0.08,
