@@ -112,7 +112,7 @@ def run_algorithm(
         batch_size=cfg.train.batch_size,
         lr=cfg.train.lr,
         train_wall_s=round(wall, 1),
-        curves=_curves(out / name),
+        curves=_curves(out / label),
     )
     return result
 

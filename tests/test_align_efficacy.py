@@ -46,8 +46,8 @@ def test_efficacy_run_writes_json_and_report(tmp_path, monkeypatch) -> None:
     rewards = {"gold": "sharpness.laplacian", "proxy": "colorfulness.hasler"}
     results = run("eff", ["refl"], steps=2, samples=4, model="tiny:sd", rewards=rewards,
                   prompts=["a red seven", "a blue one"], overrides=overrides,
-                  train_rewards=[None, "sharpness.laplacian"])  # fmt: skip
-    assert list(results["algorithms"]) == ["refl", "refl@sharpness.laplacian"]
+                  train_rewards=["sharpness.laplacian", None])  # fmt: skip
+    assert list(results["algorithms"]) == ["refl@sharpness.laplacian", "refl"]
     assert results["algorithms"]["refl"]["train_reward"] == "colorfulness.hasler"
     assert (
         results["algorithms"]["refl@sharpness.laplacian"]["train_reward"] == "sharpness.laplacian"
