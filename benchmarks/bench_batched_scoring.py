@@ -15,30 +15,17 @@ raises (e.g. batched and one-at-a-time scores disagree).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _common import median_seconds, print_ratio_table, write_results_json
 
 import mmreward
 from mmreward.convnet import TinyConvReward
 
 TARGET_RATIO = 3.0  # batched should be ≥ 3× faster than one at a time (at batch 32)
-
-
-def _median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
-    fn()  # warm-up (allocator, oneDNN primitive caches, lazy imports)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
 
 
 def bench_model(
@@ -54,8 +41,8 @@ def bench_model(
 
     # correctness first: the two paths must give the same scores
     torch.testing.assert_close(batched(), one_at_a_time(), rtol=1e-4, atol=1e-5)
-    t_batched, all_batched = _median_seconds(batched, repeats)
-    t_single, all_single = _median_seconds(one_at_a_time, repeats)
+    t_batched, all_batched = median_seconds(batched, repeats)
+    t_single, all_single = median_seconds(one_at_a_time, repeats)
     n_params = sum(p.numel() for p in rm.parameters())
     return {
         "model": label,
@@ -104,32 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, rm in models.items()
     ]
 
-    header = (
-        f"{'model':<31} {'params':>8} {'batched s':>10} {'img/s':>9} "
-        f"{'1-by-1 s':>10} {'img/s':>9} {'ratio':>7}  target"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        mark = "ok" if r["meets_target"] else "MISSED"
-        print(
-            f"{r['model']:<31} {r['params']:>8,} {r['batched_s']:>10.4f} "
-            f"{r['batched_items_per_s']:>9.0f} {r['one_at_a_time_s']:>10.4f} "
-            f"{r['one_at_a_time_items_per_s']:>9.0f} {r['ratio']:>6.1f}x  "
-            f">= {TARGET_RATIO:.0f}x {mark}"
-        )
-
-    if args.json is not None:
-        payload = {
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-            "threads": torch.get_num_threads(),
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "results": results,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    print_ratio_table(results, TARGET_RATIO, "img/s", 31, 8, 4)
+    write_results_json(args.json, args, results)
     return 0
 
 

@@ -17,17 +17,14 @@ raises (e.g. batched and one-at-a-time scores disagree).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _common import median_seconds, print_ratio_table, write_results_json
 
 import mmreward
 from mmreward.text.synthetic import TextWorld, build_tiny_checkpoint, train_tokenizer
@@ -37,16 +34,6 @@ MODELS = {  # label → tiny_config overrides
     "llama h32 L2 (contract size)": {"hidden_size": 32, "num_layers": 2},
     "llama h256 L4": {"hidden_size": 256, "num_layers": 4, "num_heads": 8, "num_kv_heads": 4},
 }
-
-
-def _median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
-    fn()  # warm-up (allocator, oneDNN primitive caches, lazy imports)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
 
 
 def make_items(n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -76,8 +63,8 @@ def bench_model(
 
     # correctness first: the two paths must give the same scores
     torch.testing.assert_close(batched(), one_at_a_time(), rtol=1e-4, atol=1e-5)
-    t_batched, all_batched = _median_seconds(batched, repeats)
-    t_single, all_single = _median_seconds(one_at_a_time, repeats)
+    t_batched, all_batched = median_seconds(batched, repeats)
+    t_single, all_single = median_seconds(one_at_a_time, repeats)
     return {
         "model": label,
         "params": sum(p.numel() for p in rm.parameters()),
@@ -129,31 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_model(label, rm, prompts, responses, args.batch_size, args.repeats)
         for label, rm in models.items()
     ]
-    header = (
-        f"{'model':<30} {'params':>10} {'batched s':>10} {'items/s':>9} "
-        f"{'1-by-1 s':>10} {'items/s':>9} {'ratio':>7}  target"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        mark = "ok" if r["meets_target"] else "MISSED"
-        print(
-            f"{r['model']:<30} {r['params']:>10,} {r['batched_s']:>10.3f} "
-            f"{r['batched_items_per_s']:>9.0f} {r['one_at_a_time_s']:>10.3f} "
-            f"{r['one_at_a_time_items_per_s']:>9.0f} {r['ratio']:>6.1f}x  "
-            f">= {TARGET_RATIO:.0f}x {mark}"
-        )
-    if args.json is not None:
-        payload = {
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-            "threads": torch.get_num_threads(),
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "results": results,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    print_ratio_table(results, TARGET_RATIO, "items/s", 30, 10, 3)
+    write_results_json(args.json, args, results)
     return 0
 
 

@@ -1,0 +1,68 @@
+"""Timing, table and JSON helpers shared by the batched-vs-one-at-a-time benchmarks.
+
+Imported as ``from _common import …``: each benchmark runs as a script from this folder.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+    """Median wall time of ``repeats`` calls of ``fn`` (after one untimed warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def print_ratio_table(
+    results: Sequence[dict[str, Any]],
+    target: float,
+    unit: str,
+    name_width: int,
+    params_width: int,
+    decimals: int,
+) -> None:
+    """One row per model: batched and one-at-a-time time and throughput, their ratio."""
+    header = (
+        f"{'model':<{name_width}} {'params':>{params_width}} {'batched s':>10} {unit:>9} "
+        f"{'1-by-1 s':>10} {unit:>9} {'ratio':>7}  target"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        mark = "ok" if r["meets_target"] else "MISSED"
+        print(
+            f"{r['model']:<{name_width}} {r['params']:>{params_width},} "
+            f"{r['batched_s']:>10.{decimals}f} {r['batched_items_per_s']:>9.0f} "
+            f"{r['one_at_a_time_s']:>10.{decimals}f} {r['one_at_a_time_items_per_s']:>9.0f} "
+            f"{r['ratio']:>6.1f}x  >= {target:.0f}x {mark}"
+        )
+
+
+def write_results_json(path: Path | None, args: Any, results: Sequence[dict[str, Any]]) -> None:
+    """Write the environment, the arguments and ``results`` to ``path`` (``None``: skip)."""
+    if path is None:
+        return
+    payload = {
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "results": results,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path}")
