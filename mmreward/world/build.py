@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from mmreward.world.diffusion import UNET_CONFIG, VAE_CONFIG
+
 STAGES = ("gold", "clip", "vae", "unet", "prefs", "proxy", "figures")
 
 
@@ -106,31 +108,14 @@ TINY_BUILD = BuildConfig(
     vae_steps=2,
     vae_batch=4,
     vae_pool=32,
-    vae_config={
-        "in_channels": 3,
-        "out_channels": 3,
-        "block_out_channels": [4, 4, 4],
-        "down_block_types": ["DownEncoderBlock2D"] * 3,
-        "up_block_types": ["UpDecoderBlock2D"] * 3,
-        "latent_channels": 4,
-        "layers_per_block": 1,
-        "norm_num_groups": 2,
-        "sample_size": 32,
-        "mid_block_add_attention": False,
-    },
+    vae_config={**VAE_CONFIG, "block_out_channels": [4, 4, 4], "norm_num_groups": 2},
     unet_steps=2,
     unet_batch=4,
     unet_pool=32,
     unet_config={
-        "sample_size": 8,
-        "in_channels": 4,
-        "out_channels": 4,
-        "layers_per_block": 1,
+        **UNET_CONFIG,
         "block_out_channels": [8, 8],
-        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-        "cross_attention_dim": 16,
-        "attention_head_dim": 4,
+        "attention_head_dim": 4,  # cross_attention_dim follows the tiny CLIP's text width
         "norm_num_groups": 4,
     },
     prefs_per_prompt=2,
@@ -268,7 +253,6 @@ def stage_unet(out: Path, work: Path, cfg: BuildConfig, log) -> dict[str, Any]:
 
     from mmreward.world.clip import load_clip
     from mmreward.world.diffusion import (
-        UNET_CONFIG,
         assemble_pipeline,
         build_unet,
         save_pipeline,
