@@ -1,7 +1,7 @@
 # `make demo` and `make test` each create the virtual environment on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP_FLAGS ?= --quiet
+PIP_FLAGS ?= --quiet --no-compile
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

@@ -124,11 +124,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def _video_loader(args: argparse.Namespace):
     try:
-        from video import io as video_io  # type: ignore[attr-defined]
+        from video.cli import loader_from_args
     except ImportError:
         return None
-    loader = getattr(video_io, "make_loader", None)
-    return loader(num_frames=args.num_frames, fps=args.fps) if loader else None
+    return loader_from_args(args)
 
 
 # -- eval --------------------------------------------------------------------------------
@@ -256,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output JSONL (rerun to resume)")
     p.add_argument("--num-frames", type=int, default=None, help="video: frames to sample")
     p.add_argument("--fps", type=float, default=None, help="video: target sampling fps")
+    from video.cli import add_score_arguments
+
+    add_score_arguments(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("eval", help="preference accuracy of a reward on a pairs JSONL")
@@ -280,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     from diffusion_align.cli import add_parser as add_align_parser
 
     add_align_parser(sub)
+    from video.cli import add_parser as add_video_parser
+
+    add_video_parser(sub)
     return parser
 
 

@@ -168,9 +168,11 @@ def score_batch(reward: RewardModel, items: Sequence[Item], load_video: Any = No
             for g in group:  # isolate the bad item(s)
                 run([g])
             return
-        for (it, _), row in zip(group, out.to_rows()):
+        for (it, value), row in zip(group, out.to_rows()):
             if not math.isfinite(row["score"]):
                 row = {"error": f"non-finite score {row['score']}"}
+            elif hasattr(value, "record"):  # a decoded video: the frames and fps it was scored on
+                row.update(value.record())
             rows[it.index] = row
 
     by_kind: dict[str, list[tuple[Item, Any]]] = {}

@@ -6,6 +6,13 @@ strings; add a module here and list it below to register a new family.
 
 from __future__ import annotations
 
-from mmreward.catalog import core, imagereward, text, vision, world
+from mmreward.catalog import core, imagereward, text, video, vision, world
 
-ENTRIES = [*core.ENTRIES, *vision.ENTRIES, *imagereward.ENTRIES, *text.ENTRIES, *world.ENTRIES]
+ENTRIES = [
+    *core.ENTRIES,
+    *vision.ENTRIES,
+    *imagereward.ENTRIES,
+    *text.ENTRIES,
+    *world.ENTRIES,
+    *video.ENTRIES,
+]
