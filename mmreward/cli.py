@@ -1,4 +1,4 @@
-"""The ``mmreward`` command line: list, score, eval, train, demo, align.
+"""The ``mmreward`` command line: list, score, eval, train, demo, align, video and more.
 
 The CLI is the composition root: model packages are imported only when a command needs
 them (through the registry's lazy factories).
@@ -285,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     from video.cli import add_parser as add_video_parser
 
     add_video_parser(sub)
+    from vision_rm.ganrm_world import add_parser as add_ganrm_world_parser
+
+    add_ganrm_world_parser(sub)
     return parser
 
 

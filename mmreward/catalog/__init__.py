@@ -6,7 +6,7 @@ strings; add a module here and list it below to register a new family.
 
 from __future__ import annotations
 
-from mmreward.catalog import core, imagereward, text, video, vision, world
+from mmreward.catalog import core, ganrm, imagereward, text, video, vision, world
 
 ENTRIES = [
     *core.ENTRIES,
@@ -15,4 +15,5 @@ ENTRIES = [
     *text.ENTRIES,
     *world.ENTRIES,
     *video.ENTRIES,
+    *ganrm.ENTRIES,
 ]
