@@ -95,12 +95,14 @@ def d3po_loss(
     return -F.logsigmoid(beta * torch.log(ratio_w) - beta * torch.log(ratio_l)).mean()
 
 
-def pareto_preference(scores_a: Tensor, scores_b: Tensor) -> Tensor:
+def pareto_preference(scores_a: Tensor, scores_b: Tensor, min_margin: float = 0.0) -> Tensor:
     """Pareto dominance between two candidates scored by ``K`` rewards: ``(B,K)`` each.
 
     Returns ``(B,)`` int64: ``1`` when ``a`` dominates ``b`` (≥ on every reward, > on at
     least one), ``−1`` when ``b`` dominates ``a``, ``0`` otherwise (incomparable or equal:
-    no preference). With one reward this is the sign of ``a − b``.
+    no preference). With one reward this is the sign of ``a − b``. ``min_margin > 0`` also
+    drops pairs whose largest per-reward gap ``max_k |a_k − b_k|`` is below it (near-ties,
+    whose winner is mostly sampling noise).
 
     >>> pareto_preference(torch.tensor([[1., 2.], [1., 0.]]), torch.tensor([[0., 2.], [0., 1.]]))
     tensor([1, 0])
@@ -113,4 +115,7 @@ def pareto_preference(scores_a: Tensor, scores_b: Tensor) -> Tensor:
         )
     ge, gt = (scores_a >= scores_b).all(1), (scores_a > scores_b).any(1)
     le, lt = (scores_a <= scores_b).all(1), (scores_a < scores_b).any(1)
-    return (ge & gt).long() - (le & lt).long()
+    labels = (ge & gt).long() - (le & lt).long()
+    if min_margin > 0:
+        labels[(scores_a - scores_b).abs().amax(1) < min_margin] = 0
+    return labels

@@ -92,5 +92,12 @@ def test_pareto_preference() -> None:
     # a dominates; b dominates; incomparable; equal
     assert pareto_preference(a, b).tolist() == [1, -1, 0, 0]
     assert pareto_preference(torch.tensor([2.0, 1.0]), torch.tensor([1.0, 2.0])).tolist() == [1, -1]
+    # near-ties below the margin carry no preference; the largest per-reward gap counts
+    a, b = (
+        torch.tensor([[0.50, 1.0], [0.5, 1.0], [0.9, 0.0]]),
+        torch.tensor([[0.45, 1.0], [0.3, 0.9], [0.1, 0.0]]),
+    )
+    assert pareto_preference(a, b).tolist() == [1, 1, 1]
+    assert pareto_preference(a, b, min_margin=0.1).tolist() == [0, 1, 1]
     with pytest.raises(ValueError, match="shapes differ"):
         pareto_preference(torch.zeros(2, 2), torch.zeros(2, 3))

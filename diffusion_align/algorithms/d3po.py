@@ -7,7 +7,8 @@ their final images comes from
 
 - ``preference: reward`` — one or more reward models: the pair counts only when one image
   Pareto-dominates the other (≥ on every reward, > on one;
-  :func:`~diffusion_align.losses.pareto_preference`); or
+  :func:`~diffusion_align.losses.pareto_preference`), and, with ``min_margin > 0``, only
+  when some reward differs by at least that much; or
 - ``preference: human`` — labels in a JSON file for pairs written beforehand with
   ``mmreward align --config … --write-pairs N`` (``data.pairs`` + ``data.labels``).
 
@@ -40,6 +41,7 @@ class D3POConfig:
     preference: Literal["reward", "human"] = "reward"
     timestep_fraction: float = 1.0  # fraction of the denoising steps trained per update
     steps_per_backward: int = 1  # denoising steps per backward pass (memory vs. speed)
+    min_margin: float = 0.0  # reward preferences: skip pairs whose reward gap is below this
 
 
 class D3PO(Algorithm):
@@ -62,6 +64,8 @@ class D3PO(Algorithm):
             raise ValueError(
                 f"d3po: timestep_fraction must be in (0, 1], got {c.timestep_fraction}"
             )
+        if c.min_margin < 0:
+            raise ValueError(f"d3po: min_margin must be ≥ 0, got {c.min_margin}")
         if c.steps_per_backward < 1 or not 0 <= c.clip < 1:
             raise ValueError("d3po: steps_per_backward must be ≥ 1 and clip in [0, 1)")
 
@@ -83,7 +87,7 @@ class D3PO(Algorithm):
                          latents=x_t, generator=generator, return_trajectory=True)  # fmt: skip
             images = policy.decode(out.latents)
             scores = self.score(images, [p for p in batch.prompts for _ in (0, 1)])
-        labels = losses.pareto_preference(scores[0::2], scores[1::2])
+        labels = losses.pareto_preference(scores[0::2], scores[1::2], self.config.min_margin)
         traj = out.trajectory.view(n, 2, *out.trajectory.shape[1:])
         return cond, traj, labels, {"reward": scores[:, 0].mean().item()}
 
