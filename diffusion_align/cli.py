@@ -3,7 +3,15 @@
     mmreward align --config align/refl_world                       # a recipe in configs/
     mmreward align --config my.yaml train.lr=3e-5 train.max_steps=50
     mmreward align --config align/d3po_human_world --write-pairs 64  # pairs for human labels
+    mmreward align --config align/ddpo_world reward=gold.world       # RL against any reward
+    mmreward align --config align/ctrlz_world                        # inference-time search
     accelerate launch -m diffusion_align.cli --config align/dpo_sd15
+
+A config whose ``algorithm.name`` is ``ctrlz`` or ``bon`` runs inference-time search
+(Ctrl-Z sampling, Best-of-N / Soft-BoN) instead of training: one image per prompt of
+``data.prompts`` into ``train.output_dir`` (``images/``, ``samples.jsonl`` with scores and
+NFE, ``grid.png``, ``summary.json``, ``report.html``); a rerun continues after the last
+prompt done.
 
 Registered in the core CLI by ``diffusion_align.cli.add_parser(subparsers)``; also runs
 alone as ``python -m diffusion_align.cli``. Rerunning a command resumes from the run's
@@ -128,8 +136,94 @@ def load_config(name: str, overrides: list[str]) -> AlignConfig:
         raise ConfigError(f"{path}: {e}") from e
 
 
+#: inference-time search methods run by ``mmreward align`` (no training)
+SEARCH_METHODS = ("ctrlz", "bon")
+
+
+def run_search(cfg: AlignConfig, chunk: int = 8, progress: bool = True) -> dict[str, Any]:
+    """Ctrl-Z or Best-of-N over ``data.prompts``; resumable (completed prompts are skipped)."""
+    import mmreward
+    from diffusion_align.algorithms.base import score_images
+    from diffusion_align.bon import BoNConfig, best_of_n_sample, combine_rewards
+    from diffusion_align.config import build
+    from diffusion_align.ctrlz import CtrlZConfig, ctrlz_sample
+    from diffusion_align.data import read_prompts
+    from mmreward.report import (
+        Figure,
+        Gallery,
+        GalleryItem,
+        Section,
+        save_image_grid,
+        write_gallery_html,
+        write_json,
+    )
+
+    name = cfg.algorithm["name"]
+    options = {k: v for k, v in cfg.algorithm.items() if k != "name"}
+    method_cfg = build(CtrlZConfig if name == "ctrlz" else BoNConfig, options, "algorithm")
+    if cfg.data.prompts is None:
+        raise ConfigError(f"data.prompts: required for {name} (a file or world:test)")
+    rewards = load_rewards(cfg.reward, cfg.reward_kwargs)
+    if not rewards:
+        raise ConfigError(f"reward: required for {name} (the reward the search maximises)")
+    reward = combine_rewards(rewards)
+    extra = {n: mmreward.load(spec) for n, spec in cfg.eval.rewards.items()}
+    policy = build_policy(cfg.model)
+    policy.raw_denoiser.eval()
+    prompts = read_prompts(cfg.data.prompts)
+    out = Path(cfg.train.output_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    log = out / "samples.jsonl"
+    rows = (
+        [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
+    )
+    seed = cfg.train.seed
+    for start in range(len(rows), len(prompts), chunk):
+        batch = prompts[start : start + chunk]
+        if name == "ctrlz":
+            res = ctrlz_sample(policy, reward, batch, method_cfg, cfg.sample, seed, progress,
+                               index_offset=start)  # fmt: skip
+        else:
+            res = best_of_n_sample(policy, reward, batch, method_cfg, cfg.sample, seed, progress,
+                                   index_offset=start)  # fmt: skip
+        scores = {n: score_images([r], res.images.to(policy.device), batch)[:, 0].tolist()
+                  for n, r in extra.items()}  # fmt: skip
+        new = []
+        for k, prompt in enumerate(batch):
+            i = start + k
+            path = save_image_grid(res.images[k : k + 1], out / "images" / f"{i:05d}.png", nrow=1)
+            new.append({"index": i, "prompt": prompt, "image": f"images/{path.name}",
+                        "reward": float(res.scores[k]), "nfe": int(res.nfe[k]),
+                        **{n: v[k] for n, v in scores.items()}})  # fmt: skip
+        with log.open("a") as f:  # appended per chunk: a rerun continues from here
+            f.writelines(json.dumps(r) + "\n" for r in new)
+        rows += new
+    from mmreward.io import load_image
+
+    images = [load_image(out / r["image"]) for r in rows]
+    grid = save_image_grid(images[:64], out / "grid.png", nrow=8)
+    keys = ["reward", *extra]
+    summary = {"method": name, "options": options, "reward": cfg.reward, "prompts": len(rows),
+               "nfe_mean": sum(r["nfe"] for r in rows) / max(1, len(rows)),
+               **{f"{k}_mean": sum(r[k] for r in rows) / max(1, len(rows)) for k in keys}}  # fmt: skip
+    write_json(out / "summary.json", summary)
+    items = [GalleryItem(out / r["image"], r["prompt"], {k: r[k] for k in [*keys, "nfe"]})
+             for r in rows[:64]]  # fmt: skip
+    write_gallery_html(out / "report.html", f"{name}: {len(rows)} prompts",
+                       [Section("Summary", json.dumps(summary), figures=[Figure(grid, "first 64")]),
+                        Section("Samples", galleries=[Gallery("samples", items)])])  # fmt: skip
+    return summary
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    if cfg.algorithm.get("name") in SEARCH_METHODS:
+        log = Path(cfg.train.output_dir) / "samples.jsonl"
+        if args.no_resume and log.is_file():
+            log.unlink()
+        summary = run_search(cfg)
+        print(json.dumps({"output_dir": cfg.train.output_dir, **summary}, indent=2, default=str))
+        return 0
     if args.write_pairs:
         from diffusion_align.data import read_prompts, write_trajectory_pairs
 
@@ -152,7 +246,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``align`` subcommand on an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
         "align", help="fine-tune a diffusion model against rewards or preferences (ReFL, DRaFT, "
-        "AlignProp, Diffusion-DPO, D3PO)"
+        "AlignProp, Diffusion-DPO, D3PO, RAFT, DDPO, GRPO), or steer sampling (Ctrl-Z, Best-of-N)"
     )  # fmt: skip
     p.add_argument("--config", required=True, help="YAML path or a name in configs/ (align/…)")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")

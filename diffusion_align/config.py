@@ -146,7 +146,10 @@ class AlignConfig:
         if self.model.lora_rank < 0:
             raise ConfigError(f"model.lora_rank: expected ≥ 0, got {self.model.lora_rank}")
         if "name" not in self.algorithm:
-            raise ConfigError("algorithm.name: required (refl, draft, alignprop, dpo, d3po)")
+            raise ConfigError(
+                "algorithm.name: required (refl, draft, alignprop, dpo, d3po, raft, ddpo, grpo; "
+                "ctrlz or bon for inference-time search)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

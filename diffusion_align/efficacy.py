@@ -12,6 +12,7 @@ but the gold reward does not.
     python -m diffusion_align.efficacy --out runs/align_efficacy            # all algorithms
     python -m diffusion_align.efficacy --algorithms refl,dpo --steps 30
     python -m diffusion_align.efficacy --train-rewards recipe,gold.world  # proxy and gold
+    python -m diffusion_align.efficacy --algorithms raft,ddpo,grpo --kl-samples 64
 
 Writes ``efficacy.json`` and ``report.html`` (before/after galleries, reward curves) into
 ``--out``, and each run's own folder (metrics, galleries, checkpoints) below it.
@@ -32,6 +33,8 @@ from diffusion_align.config import SampleConfig
 from diffusion_align.evaluate import EvalResult, evaluate_policy, mean_ci, paired_difference
 
 ALGORITHMS = ("refl", "draft", "alignprop", "dpo", "d3po")
+#: sample-then-update algorithms (``--algorithms raft,ddpo,grpo``)
+RL_ALGORITHMS = ("raft", "ddpo", "grpo")
 #: the world's default sampler (deterministic DDIM, 20 steps, CFG 3) for every evaluation
 EVAL_SAMPLE = SampleConfig(num_steps=20, guidance_scale=3.0, eta=0.0)
 WORLD_REWARDS = {"gold": "gold.world", "proxy": "clip-head.world-proxy"}
@@ -83,11 +86,14 @@ def run_algorithm(
     config: str | None = None,
     train_reward: str | None = None,
     label: str | None = None,
+    kl_samples: int = 0,
 ) -> dict[str, Any]:
     """Train one world recipe, evaluate it on the held-out prompts, compare with ``before``.
 
     ``train_reward`` replaces the recipe's training reward; the run's folder is
-    ``out / label`` (default: the algorithm's name).
+    ``out / label`` (default: the algorithm's name). ``kl_samples`` > 0 also estimates
+    the trained model's path KL to the base model
+    (:func:`~diffusion_align.evaluate.trajectory_kl`, DDIM η = 1) on that many samples.
     """
     from diffusion_align.cli import build_trainer, load_config
 
@@ -105,6 +111,12 @@ def run_algorithm(
         after = evaluate_policy(trainer.policy, prompts, rewards, EVAL_SAMPLE, samples, seed=seed)
     _grid(after.images, out / label / "after.png")
     result = compare(before, after)
+    if kl_samples and trainer.policy.reference_mode != "none":
+        from diffusion_align.evaluate import trajectory_kl
+
+        with trainer.eval_weights():
+            result["kl_to_base"] = trajectory_kl(trainer.policy, prompts, EVAL_SAMPLE,
+                                                 kl_samples, seed=seed)  # fmt: skip
     result.update(
         algorithm=name,
         train_reward=cfg.reward,
@@ -139,6 +151,9 @@ def report_sections(results: dict[str, Any], out: Path) -> list:
         row["diversity before → after"] = (
             f"{r['diversity']['before']:.4f} → {r['diversity']['after']:.4f}"
         )
+        if "kl_to_base" in r:
+            kl = r["kl_to_base"]
+            row["KL to base (nats/image)"] = f"{kl['mean']:.2f} ± {kl['ci_high'] - kl['mean']:.2f}"
         row["gold raised"] = r.get("gold_raised")
         row["reward hacking"] = r.get("reward_hacking")
         row["train s"] = r["train_wall_s"]
@@ -225,6 +240,7 @@ def run(
     prompts: str = "world:test",
     overrides: Sequence[str] = (),
     train_rewards: Sequence[str | None] = (None,),
+    kl_samples: int = 0,
 ) -> dict[str, Any]:
     """Evaluate the base model once, then train and evaluate each algorithm (× each training
     reward in ``train_rewards``; ``None`` = the recipe's own) and write the report."""
@@ -253,7 +269,7 @@ def run(
     for label, name, train_reward in run_labels(algorithms, train_rewards):
         results["algorithms"][label] = run_algorithm(
             name, out, before, reward_models, eval_prompts, samples, seed, steps, overrides,
-            train_reward=train_reward, label=label,
+            train_reward=train_reward, label=label, kl_samples=kl_samples,
         )  # fmt: skip
         write_json(out / "efficacy.json", results)
     write_gallery_html(out / "report.html", "Diffusion alignment on the built-in world",
@@ -281,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-rewards", default="recipe",
                         help="comma-separated training rewards per algorithm; 'recipe' = the "
                         "recipe's own (e.g. recipe,gold.world runs each twice)")  # fmt: skip
+    parser.add_argument("--kl-samples", type=int, default=0,
+                        help="also estimate each trained model's path KL to the base model "
+                        "on this many samples (DDIM η = 1)")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
     args = parser.parse_args(argv)
     if args.threads:
@@ -289,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      for r in args.train_rewards.split(",") if r.strip()]  # fmt: skip
     results = run(args.out, [a.strip() for a in args.algorithms.split(",") if a.strip()],
                   args.steps, args.samples, overrides=args.overrides,
-                  train_rewards=train_rewards)  # fmt: skip
+                  train_rewards=train_rewards, kl_samples=args.kl_samples)  # fmt: skip
     for name, r in results["algorithms"].items():
         g, p = r["gold"]["difference"], r["proxy"]["difference"]
         print(f"{name:10s} gold Δ {g['mean']:+.4f} [{g['ci_low']:+.4f}, {g['ci_high']:+.4f}]  "

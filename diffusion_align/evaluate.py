@@ -128,3 +128,45 @@ def evaluate_policy(
             cols.append(score_images([r], batch, cycled[i : i + batch_size])[:, 0].cpu())
         scores[name] = torch.cat(cols)
     return EvalResult(cycled, scores, images, diversity(images, cycled))
+
+
+@torch.no_grad()
+def trajectory_kl(
+    policy: Any,
+    prompts: Sequence[str],
+    sample_cfg: SampleConfig,
+    n_samples: int = 64,
+    batch_size: int = 32,
+    seed: int = 4321,
+    eta: float = 1.0,
+) -> dict[str, float]:
+    """KL(policy ‖ reference) of the sampling path measure, estimated on policy samples.
+
+    Trajectories are sampled from the policy with a stochastic sampler (DDIM ``eta``, or
+    the flow SDE at ``sample_cfg.noise_level``); at each step both models' Gaussian
+    transitions share the std ``s``, so the step KL is ``‖μ_θ − μ_ref‖² / (2 s²)`` and the
+    path KL is its sum over steps (chain rule), in nats per image (summed over latent
+    dimensions). Needs a reference (LoRA adapters disabled, or a frozen copy).
+    """
+    s = sample_cfg
+    schedule = policy.schedule(s.num_steps, eta, s.noise_level)
+    if not schedule.stochastic:
+        raise ValueError("trajectory_kl: needs eta > 0 (DDIM) or noise_level > 0 (flow)")
+    cycled = [prompts[i % len(prompts)] for i in range(n_samples)]
+    kls = []
+    for k, start in enumerate(range(0, n_samples, batch_size)):
+        chunk = cycled[start : start + batch_size]
+        g = torch.Generator().manual_seed(seed * 1_000_003 + k)
+        cond = policy.encode_prompt(chunk, guidance=s.guidance_scale != 1.0)
+        x = policy.initial_noise(len(chunk), g, s.height, s.width)
+        total = torch.zeros(len(chunk), dtype=torch.float64)
+        for i in range(schedule.num_steps):
+            t = schedule.model_timestep(i)
+            out = schedule.step(i, policy.predict(x, t, cond, s.guidance_scale), x, generator=g)
+            ref_out = policy.predict(x, t, cond, s.guidance_scale, reference=True)
+            ref = schedule.step(i, ref_out, x, prev_sample=out.prev_sample)
+            d = ((out.mean - ref.mean) ** 2 / (2 * out.std**2)).flatten(1).sum(1)
+            total += d.double().cpu()
+            x = out.prev_sample
+        kls.append(total)
+    return mean_ci(torch.cat(kls))

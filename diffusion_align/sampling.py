@@ -474,3 +474,40 @@ def transition_log_prob(
     t = schedule.model_timestep(i)
     out = policy.predict(sample_t.float(), t, cond, guidance_scale, reference=reference)
     return schedule.step(i, out, sample_t.float(), prev_sample=prev_sample)
+
+
+# -- function-evaluation accounting ----------------------------------------------------------
+
+
+class NFECounter:
+    """Count denoiser evaluations per image while active (a context manager).
+
+    Every ``policy.predict`` call on a batch of ``n`` latents adds ``n`` (one function
+    evaluation per image; under classifier-free guidance the conditional and
+    unconditional branches run in that one batched call and count once, the usual
+    convention for sampler NFE). ``count`` is the total over the context.
+
+    >>> # with NFECounter(policy) as nfe:
+    >>> #     sample(policy, cond, policy.schedule(20))
+    >>> # nfe.count == 20 * len(cond)
+    """
+
+    def __init__(self, policy: DiffusionPolicy) -> None:
+        self.policy, self.count = policy, 0
+
+    def __enter__(self) -> NFECounter:
+        inner = self.policy.predict
+        self._saved = self.policy.__dict__.get("predict")  # an enclosing counter's wrapper
+
+        def counted(x: Tensor, *args, **kwargs) -> Tensor:
+            self.count += int(x.shape[0])
+            return inner(x, *args, **kwargs)
+
+        self.policy.predict = counted  # instance attribute shadows the method
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._saved is None:
+            del self.policy.predict
+        else:
+            self.policy.predict = self._saved

@@ -43,12 +43,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from diffusion_align.algorithms.base import Algorithm, score_images
+from diffusion_align.algorithms.base import UPDATE, Algorithm, score_images
 from diffusion_align.config import EvalConfig, TrainConfig
 from diffusion_align.policy import DiffusionPolicy
 from mmreward.checkpoint import read_state_dict, save_state_dict
 
 STATE_FILE = "trainer_state.json"
+ALGORITHM_STATE_FILE = "algorithm_state.json"
 
 
 class EMA:
@@ -142,6 +143,11 @@ class AlignTrainer:
             r.to(self.acc.device)
             r.eval()
         algorithm.check_policy(policy)
+        if algorithm.inner_updates and config.grad_accum != 1:
+            raise ValueError(
+                f"{algorithm.name}: makes its own optimizer updates per iteration; set "
+                "train.grad_accum: 1 (the algorithm's minibatch size sets the update size)"
+            )
         self.named_params = policy.named_trainable_parameters()
         if not self.named_params:
             raise ValueError("the policy has no trainable parameters")
@@ -198,6 +204,9 @@ class AlignTrainer:
                 save_state_dict(self.ema.state_dict(), tmp / "ema.safetensors")
             if self.acc.scaler is not None:
                 torch.save(self.acc.scaler.state_dict(), tmp / "scaler.pt")
+            algo_state = self.algorithm.state_dict()
+            if algo_state:
+                (tmp / ALGORITHM_STATE_FILE).write_text(json.dumps(_jsonable(algo_state)) + "\n")
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {
@@ -235,6 +244,10 @@ class AlignTrainer:
             self.ema.load_state_dict(read_state_dict(ckpt / "ema.safetensors"))
         if self.acc.scaler is not None and (ckpt / "scaler.pt").is_file():
             self.acc.scaler.load_state_dict(torch.load(ckpt / "scaler.pt", weights_only=True))
+        algo_state = ckpt / ALGORITHM_STATE_FILE
+        self.algorithm.load_state_dict(
+            json.loads(algo_state.read_text()) if algo_state.is_file() else {}
+        )
         rng = ckpt / f"rng_{self.acc.process_index}.pt"
         if rng.is_file():
             _set_rng_state(torch.load(rng, weights_only=True))
@@ -243,7 +256,12 @@ class AlignTrainer:
 
     # -- one optimizer step --------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        """Run one optimizer step (or skip it on a non-finite loss); returns its stats."""
+        """Run one optimizer step (or skip it on a non-finite loss); returns its stats.
+
+        For algorithms with ``inner_updates`` (RAFT, DDPO, GRPO) a step is one iteration:
+        every :data:`~diffusion_align.algorithms.base.UPDATE` the algorithm yields applies
+        the gradients accumulated since the previous one.
+        """
         acc, cfg = self.acc, self.cfg
         model = self.policy.denoiser
         stats: dict[str, list[float]] = defaultdict(list)
@@ -253,8 +271,14 @@ class AlignTrainer:
             for micro in range(cfg.grad_accum):
                 batch, _ = self.data.batch(self.cursor(self.step, micro), cfg.batch_size)
                 g = step_generator(cfg.seed, self.step, micro, acc.process_index)
+                self.algorithm.begin_step(self.step, self.out, acc.process_index)
                 micro_loss = None  # the yielded losses add up to the micro-batch's loss
-                for loss, s in self.algorithm.losses(self.policy, batch, g):
+                for item in self.algorithm.losses(self.policy, batch, g):
+                    if item is UPDATE:
+                        self._update(bad, n_losses, stats)
+                        n_losses = 0
+                        continue
+                    loss, s = item
                     if not torch.isfinite(loss).all():
                         bad = True
                         stats["bad_loss"].append(float(loss.detach().float().mean()))
@@ -268,28 +292,38 @@ class AlignTrainer:
                     break
                 if micro_loss is not None:
                     stats["loss"].append(micro_loss)
-        out = {k: float(np.mean(v)) for k, v in stats.items()}
+        self._update(bad, n_losses, stats)
+        out = {k: float(np.mean(v)) for k, v in stats.items() if k != "skipped"}
+        if "skipped" in stats:
+            out["skipped"] = float(sum(stats["skipped"]))
+        self.step += 1
+        return out
+
+    def _update(self, bad: bool, n_losses: int, stats: dict[str, list[float]]) -> None:
+        """Apply the accumulated gradients (or skip them when non-finite)."""
+        acc, cfg = self.acc, self.cfg
         flags = torch.tensor([float(bad), float(n_losses > 0)], device=acc.device)
         if acc.num_processes > 1:
             flags = acc.reduce(flags, "sum")
-            for p in self.params:  # one all-reduce per step, whatever each rank yielded
+            for p in self.params:  # one all-reduce per update, whatever each rank yielded
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 p.grad = acc.reduce(p.grad, "mean")
         bad, any_loss = bool(flags[0] > 0), bool(flags[1] > 0)
         if any_loss and not bad:
-            norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf"))
-            out["grad_norm"] = float(norm)
-            if not math.isfinite(out["grad_norm"]) and acc.scaler is None:
+            norm = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf")))
+            stats["grad_norm"].append(norm)
+            if not math.isfinite(norm) and acc.scaler is None:
                 bad = True  # (fp16: the grad scaler skips inf steps itself)
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
             self.bad_streak += 1
-            out["skipped"] = 1.0
+            stats["skipped"].append(1.0)
             if self.bad_streak >= cfg.max_bad_steps:
+                shown = {k: float(np.mean(v)) for k, v in stats.items()}
                 raise FloatingPointError(
                     f"{self.algorithm.name}: non-finite loss or gradient in {self.bad_streak} "
-                    f"consecutive steps (last at step {self.step}, stats {out}); the weights "
+                    f"consecutive steps (last at step {self.step}, stats {shown}); the weights "
                     "were not updated by them. Lower train.lr, use mixed_precision bf16 or no "
                     "instead of fp16, check the reward for NaN, or raise train.max_bad_steps"
                 )
@@ -300,8 +334,6 @@ class AlignTrainer:
             if self.ema is not None:
                 self.ema.update(self.named_params)
             self.bad_streak = 0
-        self.step += 1
-        return out
 
     # -- galleries and evaluation ------------------------------------------------------
     @contextlib.contextmanager
@@ -357,6 +389,27 @@ class AlignTrainer:
                 n_samples=ec.samples, batch_size=ec.batch_size, seed=ec.seed,
             )  # fmt: skip
         return {f"eval/{k}": v for k, v in result.summary().items()}
+
+    def plot_curves(self) -> list[Path]:
+        """``curves/<metric>.png`` for the training reward and loss and each held-out reward,
+        per step, from ``metrics.jsonl`` (the numbers stay in the JSONL next to them)."""
+        from mmreward.report import plot_curves
+
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        written = []
+        for key in sorted({k for r in rows for k in r}):
+            if key in ("train/reward", "train/loss") or (
+                key.startswith("eval/") and key.endswith("_mean")
+            ):
+                pts = {r["step"]: r[key] for r in rows if isinstance(r.get(key), (int, float))}
+                xs = sorted(pts)  # a resumed run's later rows win
+                name = key.replace("/", "_")
+                written.append(plot_curves({key: (xs, [pts[x] for x in xs])},
+                                           self.out / "curves" / f"{name}.png", ylabel=key))  # fmt: skip
+        return written
 
     # -- the loop ------------------------------------------------------------------------
     def _log(self, row: dict[str, Any]) -> None:
@@ -417,6 +470,7 @@ class AlignTrainer:
             ctx = self.ema.applied(self.named_params) if self.ema else contextlib.nullcontext()
             with ctx:
                 self.policy.save_pretrained(self.out / "final")
+            self.plot_curves()
         acc.wait_for_everyone()
         if cfg.trackers:
             acc.end_training()

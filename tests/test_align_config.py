@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from diffusion_align.algorithms import get_algorithm
-from diffusion_align.cli import add_parser, load_config, main
+from diffusion_align.cli import SEARCH_METHODS, add_parser, load_config, main
 from diffusion_align.config import AlignConfig, ConfigError
 
 RECIPES = sorted(Path(str(resources.files("configs"))).joinpath("align").glob("*.yaml"))
@@ -27,13 +27,21 @@ def _one_thread():
 
 def test_every_algorithm_has_world_and_gpu_recipes() -> None:
     names = {p.stem for p in RECIPES}
-    for algo in ("refl", "draft", "alignprop", "dpo", "d3po"):
+    for algo in ("refl", "draft", "alignprop", "dpo", "d3po", "raft", "ddpo", "grpo"):
         assert {f"{algo}_world", f"{algo}_sd15", f"{algo}_sdxl"} <= names, algo
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_recipe_parses(path: Path) -> None:
     cfg = load_config(f"align/{path.stem}", [])
+    if cfg.algorithm["name"] in SEARCH_METHODS:  # inference-time search, not a training loss
+        from diffusion_align.bon import BoNConfig
+        from diffusion_align.config import build
+        from diffusion_align.ctrlz import CtrlZConfig
+
+        options = {k: v for k, v in cfg.algorithm.items() if k != "name"}
+        build(CtrlZConfig if cfg.algorithm["name"] == "ctrlz" else BoNConfig, options, "algorithm")
+        return
     algo_cls = get_algorithm(cfg.algorithm["name"])
     algo = algo_cls.from_dict(cfg.algorithm, cfg.sample, rewards=[_Differentiable()])
     assert algo.name == cfg.algorithm["name"]
@@ -116,3 +124,20 @@ def test_core_cli_runs_align(tmp_path, capsys) -> None:
     assert (out / "metrics.jsonl").is_file()
     assert mmreward_main(["align", "--config", "align/draft_world", "model.bogus=1"]) == 2
     assert "model: unknown option(s) ['bogus']" in capsys.readouterr().err
+
+
+def test_cli_search_mode_best_of_n_counts_nfe_and_resumes(tmp_path, capsys) -> None:
+    out = tmp_path / "bon"
+    args = ["--config", "align/bon_world", "model.pretrained=tiny:sd", "reward=colorfulness.hasler",
+            "sample.num_steps=2", "sample.guidance_scale=1.0", "algorithm.n=2",
+            "data.prompts=[a red seven, a blue one, a green two]", "eval.rewards={}",
+            f"train.output_dir={out}"]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    assert all(r["nfe"] == 2 * 2 for r in rows)  # N candidates × steps, no CFG
+    assert summary["nfe_mean"] == 4 and (out / "report.html").is_file()
+    assert main(args) == 0  # every prompt is done: nothing is sampled again
+    again = (out / "samples.jsonl").read_text().splitlines()
+    assert len(again) == 3

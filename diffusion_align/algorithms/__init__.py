@@ -8,10 +8,17 @@ name           what                                                  data
 ``alignprop``  AlignProp: truncation point drawn per trajectory      prompts
 ``dpo``        Diffusion-DPO on (prompt, winner, loser) images       preferences
 ``d3po``       D3PO: paired trajectories, clipped per-step ratios    prompts / pairs
+``raft``       RAFT: best-of-K per prompt (or top α), fine-tune      prompts
+``ddpo``       DDPO: PPO over the denoising MDP, per-prompt stats    prompts
+``grpo``       GRPO (Flow-GRPO/DanceGRPO): group-relative PPO, KL    prompts
 =============  ====================================================  ==============
 
->>> sorted(ALGORITHMS)
-['alignprop', 'd3po', 'dpo', 'draft', 'refl']
+The last three make several optimizer updates per iteration (sample → score → update
+on the samples); they are listed in :data:`RL_ALGORITHMS`, the others in
+:data:`ALGORITHMS`, and :func:`get_algorithm` finds either.
+
+>>> sorted(ALGORITHMS), sorted(RL_ALGORITHMS)
+(['alignprop', 'd3po', 'dpo', 'draft', 'refl'], ['ddpo', 'grpo', 'raft'])
 """
 
 from __future__ import annotations
@@ -26,13 +33,20 @@ ALGORITHMS = {
     "dpo": "diffusion_align.algorithms.dpo:DiffusionDPO",
     "d3po": "diffusion_align.algorithms.d3po:D3PO",
 }
+#: sample-then-update algorithms (several optimizer updates per trainer step)
+RL_ALGORITHMS = {
+    "raft": "diffusion_align.algorithms.raft:RAFT",
+    "ddpo": "diffusion_align.algorithms.ddpo:DDPO",
+    "grpo": "diffusion_align.algorithms.grpo:GRPO",
+}
 
 
 def get_algorithm(name: str) -> Any:
     """The algorithm class registered as ``name``."""
     import importlib
 
-    if name not in ALGORITHMS:
-        raise ValueError(f"algorithm.name: expected one of {sorted(ALGORITHMS)}, got {name!r}")
-    module, cls = ALGORITHMS[name].split(":")
+    known = {**ALGORITHMS, **RL_ALGORITHMS}
+    if name not in known:
+        raise ValueError(f"algorithm.name: expected one of {sorted(known)}, got {name!r}")
+    module, cls = known[name].split(":")
     return getattr(importlib.import_module(module), cls)

@@ -5,6 +5,15 @@ settings and the reward model(s). :meth:`Algorithm.losses` turns one batch into 
 more ``(loss, stats)`` pairs; the trainer calls ``backward`` on each as it is yielded, so
 an algorithm that needs many model calls (D3PO over all denoising steps) can free each
 chunk's graph before building the next. The yielded losses add up to the batch's loss.
+
+On-policy RL and RAFT make several optimizer updates per batch of samples (PPO's inner
+epochs and minibatches, RAFT's fine-tuning on the kept set): they set ``inner_updates``
+and yield :data:`UPDATE` between minibatches; the trainer then applies the gradients
+accumulated so far (clipping, NaN guard, AdamW, EMA) before the next loss arrives. One
+trainer step is then one iteration (sample → score → updates), so checkpoints fall
+between iterations and resuming stays exact. Algorithms that carry state from one
+iteration to the next (DDPO's per-prompt reward statistics) expose it through
+:meth:`Algorithm.state_dict`, which the trainer stores in every checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +30,17 @@ from mmreward.interface import RewardInput, RewardModel
 Stats = dict[str, float]
 
 
+class _Update:
+    """The marker an algorithm yields to ask for an optimizer update (see the module doc)."""
+
+    def __repr__(self) -> str:
+        return "UPDATE"
+
+
+#: yielded by :meth:`Algorithm.losses` between minibatches of an iteration
+UPDATE = _Update()
+
+
 class Algorithm:
     """Base class: set the class attributes, implement :meth:`losses`."""
 
@@ -31,6 +51,8 @@ class Algorithm:
     needs_reward: ClassVar[bool] = True
     needs_differentiable_reward: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = False
+    #: yields :data:`UPDATE` markers (several optimizer updates per trainer step)
+    inner_updates: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -75,8 +97,22 @@ class Algorithm:
 
     def losses(
         self, policy: Any, batch: Any, generator: torch.Generator
-    ) -> Iterator[tuple[Tensor, Stats]]:
+    ) -> Iterator[tuple[Tensor, Stats] | _Update]:
         raise NotImplementedError  # pragma: no cover
+
+    # -- run context and state (optional) --------------------------------------------------
+    def begin_step(self, step: int, run_dir: Any = None, rank: int = 0) -> None:
+        """Called by the trainer before each :meth:`losses` call: the trainer step about to
+        run, the run's output folder and this process's rank (for per-iteration files)."""
+        self.step_index, self.run_dir, self.rank = step, run_dir, rank
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state carried across iterations (stored in checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{self.name}: unexpected algorithm state {sorted(state)}")
 
     # -- helpers -------------------------------------------------------------------------
     def schedule(self, policy: Any):

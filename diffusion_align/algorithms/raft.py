@@ -1,0 +1,157 @@
+"""RAFT (Dong et al. 2023, "RAFT: Reward rAnked FineTuning for Generative Foundation Model
+Alignment", https://arxiv.org/abs/2304.06767): best-of-K filtering, then fine-tuning.
+
+One trainer step is one iteration:
+
+1. **sample** ``samples_per_prompt`` (K) images per prompt of the batch with the current
+   model (no gradient) and score them;
+2. **rank and keep**: ``keep: local`` keeps the best of each prompt's K samples (the
+   paper's top 1/K per prompt; :func:`~mmreward.selection.best_of_n`), ``keep: global``
+   the top ``alpha`` fraction of the whole batch (:func:`select_kept`);
+3. **fine-tune** on the kept samples with the model's own denoising objective
+   (ε-, v- or velocity regression on the kept *latents*, so nothing is re-encoded):
+   ``sft_epochs`` passes in minibatches of ``sft_batch_size``, one optimizer update each.
+
+Every iteration writes its kept set to ``<run>/raft/step_<N>/``: ``kept.png`` (the kept
+images), ``kept.json`` (prompts, kept rewards, every sample's reward, the indices kept)
+and ``kept_latents.safetensors`` (the latents trained on). Reference defaults: K = 8
+(best-of-8), local ranking.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from diffusion_align import losses
+from diffusion_align.algorithms.base import UPDATE, Algorithm, Stats
+from diffusion_align.algorithms.ddpo import repeat_prompts
+from diffusion_align.data import PromptBatch
+from diffusion_align.sampling import sample
+
+
+def select_kept(
+    rewards: Tensor, group_size: int, keep: str = "local", alpha: float = 0.125
+) -> Tensor:
+    """Indices (sorted) of the kept samples among ``N = prompts × group_size``.
+
+    ``rewards`` ``(N,)`` are grouped by prompt, ``group_size`` consecutive samples each.
+    ``local``: the best of every group (ties → the first); ``global``: the
+    ``ceil(alpha·N)`` best of the batch.
+
+    >>> select_kept(torch.tensor([0.1, 0.9, 0.5, 0.2]), 2).tolist()
+    [1, 2]
+    >>> select_kept(torch.tensor([0.1, 0.9, 0.5, 0.2]), 2, "global", alpha=0.5).tolist()
+    [1, 2]
+    """
+    from mmreward.selection import best_of_n
+
+    n = rewards.shape[0]
+    if rewards.ndim != 1 or n % group_size:
+        raise ValueError(f"rewards: expected (prompts × {group_size},), got {tuple(rewards.shape)}")
+    if keep == "local":
+        best = best_of_n(rewards.view(-1, group_size))
+        return best + torch.arange(0, n, group_size, device=best.device)
+    if keep == "global":
+        if not 0 < alpha <= 1:
+            raise ValueError(f"algorithm.alpha: expected in (0, 1], got {alpha}")
+        top = torch.topk(rewards, math.ceil(alpha * n)).indices
+        return top.sort().values
+    raise ValueError(f"algorithm.keep: expected local or global, got {keep!r}")
+
+
+@dataclass
+class RAFTConfig:
+    samples_per_prompt: int = 8  # K: candidates per prompt (best-of-K)
+    keep: Literal["local", "global"] = "local"  # best per prompt, or top alpha of the batch
+    alpha: float = 0.125  # fraction kept by keep: global
+    sft_epochs: int = 1  # passes over the kept set per iteration
+    sft_batch_size: int | None = None  # kept samples per optimizer update (None: all)
+    save_kept: bool = True  # write raft/step_<N>/ (images, rewards, latents)
+
+
+class RAFT(Algorithm):
+    name = "raft"
+    Config = RAFTConfig
+    inner_updates = True
+
+    def check(self) -> None:
+        super().check()
+        c = self.config
+        if c.samples_per_prompt < 1 or c.sft_epochs < 1:
+            raise ValueError("raft: samples_per_prompt and sft_epochs must be ≥ 1")
+        if c.sft_batch_size is not None and c.sft_batch_size < 1:
+            raise ValueError("raft: sft_batch_size must be ≥ 1 or null")
+        if c.keep == "global" and not 0 < c.alpha <= 1:
+            raise ValueError(f"raft: alpha must be in (0, 1], got {c.alpha}")
+
+    @torch.no_grad()
+    def _candidates(self, policy, prompts: list[str], generator: torch.Generator):
+        s, k = self.sample, self.config.samples_per_prompt
+        all_prompts = repeat_prompts(prompts, k)
+        cond = policy.encode_prompt(all_prompts, guidance=s.guidance_scale != 1.0,
+                                    height=s.height, width=s.width)  # fmt: skip
+        x = policy.initial_noise(len(all_prompts), generator, s.height, s.width)
+        out = sample(policy, cond, self.schedule(policy), guidance_scale=s.guidance_scale,
+                     latents=x, generator=generator)  # fmt: skip
+        images = policy.decode(out.latents)
+        return all_prompts, out.latents, images, self.score(images, all_prompts)[:, 0]
+
+    def _save(self, prompts, kept: Tensor, rewards: Tensor, latents: Tensor, images: Tensor):
+        from mmreward.checkpoint import save_state_dict
+        from mmreward.report import save_image_grid, write_json
+
+        if getattr(self, "run_dir", None) is None:
+            return
+        suffix = f"_rank{self.rank}" if getattr(self, "rank", 0) else ""
+        folder = Path(self.run_dir) / "raft" / f"step_{self.step_index:08d}{suffix}"
+        folder.mkdir(parents=True, exist_ok=True)
+        ids = kept.tolist()
+        save_image_grid(images[kept].cpu(), folder / "kept.png", nrow=8)
+        save_state_dict({"latents": latents[kept].detach().cpu().contiguous()},
+                        folder / "kept_latents.safetensors")  # fmt: skip
+        write_json(folder / "kept.json", {
+            "step": self.step_index,
+            "samples_per_prompt": self.config.samples_per_prompt,
+            "keep": self.config.keep,
+            "kept_index": ids,
+            "kept_prompts": [prompts[i] for i in ids],
+            "kept_rewards": rewards[kept].tolist(),
+            "all_prompts": prompts,
+            "all_rewards": rewards.tolist(),
+        })  # fmt: skip
+
+    def losses(
+        self, policy, batch: PromptBatch, generator: torch.Generator
+    ) -> Iterator[tuple[Tensor, Stats] | object]:
+        c = self.config
+        prompts, latents, images, rewards = self._candidates(policy, batch.prompts, generator)
+        kept = select_kept(rewards.cpu(), c.samples_per_prompt, c.keep, c.alpha)
+        if c.save_kept:
+            self._save(prompts, kept, rewards.cpu(), latents, images)
+        stats = {"reward": rewards.mean().item(), "kept_reward": rewards[kept].mean().item(),
+                 "kept": float(len(kept))}  # fmt: skip
+        kept_latents = latents[kept.to(latents.device)]
+        kept_prompts = [prompts[i] for i in kept.tolist()]
+        cond = policy.encode_prompt(kept_prompts, guidance=False, height=self.sample.height,
+                                    width=self.sample.width)  # fmt: skip
+        noising = policy.noise_schedule()
+        mb = c.sft_batch_size or len(kept)
+        for _ in range(c.sft_epochs):
+            order = torch.randperm(len(kept), generator=generator)
+            for start in range(0, len(kept), mb):
+                rows = order[start : start + mb]
+                x0 = kept_latents[rows.to(kept_latents.device)]
+                noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+                x_t, t, target = noising.add_noise(
+                    x0, noise, noising.sample_indices(len(rows), generator)
+                )
+                pred = policy.predict(x_t, t, cond.select(rows.tolist()))
+                yield losses.denoising_loss(pred, target), stats
+                yield UPDATE
