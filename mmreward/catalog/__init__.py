@@ -6,7 +6,7 @@ strings; add a module here and list it below to register a new family.
 
 from __future__ import annotations
 
-from mmreward.catalog import core, ganrm, imagereward, text, video, vision, world
+from mmreward.catalog import core, diffusion_reward, ganrm, imagereward, text, video, vision, world
 
 ENTRIES = [
     *core.ENTRIES,
@@ -16,4 +16,5 @@ ENTRIES = [
     *world.ENTRIES,
     *video.ENTRIES,
     *ganrm.ENTRIES,
+    *diffusion_reward.ENTRIES,
 ]
