@@ -288,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     from vision_rm.ganrm_world import add_parser as add_ganrm_world_parser
 
     add_ganrm_world_parser(sub)
+    from vision_rm.vlm.cli import add_parser as add_bon_parser
+
+    add_bon_parser(sub)
+    from video.videoalign import add_parser as add_videoalign_parser
+
+    add_videoalign_parser(sub)
     return parser
 
 

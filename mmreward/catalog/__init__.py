@@ -6,7 +6,18 @@ strings; add a module here and list it below to register a new family.
 
 from __future__ import annotations
 
-from mmreward.catalog import core, diffusion_reward, ganrm, imagereward, text, video, vision, world
+from mmreward.catalog import (
+    core,
+    diffusion_reward,
+    ganrm,
+    imagereward,
+    text,
+    video,
+    videoalign,
+    vision,
+    vlm,
+    world,
+)
 
 ENTRIES = [
     *core.ENTRIES,
@@ -17,4 +28,6 @@ ENTRIES = [
     *video.ENTRIES,
     *ganrm.ENTRIES,
     *diffusion_reward.ENTRIES,
+    *vlm.ENTRIES,
+    *videoalign.ENTRIES,
 ]
