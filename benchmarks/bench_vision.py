@@ -100,13 +100,14 @@ def official_loop(
     transform: Callable[[Image.Image], torch.Tensor],
     formula: Callable[[torch.Tensor], torch.Tensor],
     prefix: str,
+    device: torch.device | str = "cpu",
 ) -> Callable[[list[Image.Image], list[str]], torch.Tensor]:
     @torch.no_grad()
     def run(images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
         scores = []
         for im, prompt in zip(images, prompts):
-            image = transform(im).unsqueeze(0)
-            text = tokenizer([prefix + prompt])
+            image = transform(im).unsqueeze(0).to(device)
+            text = tokenizer([prefix + prompt]).to(device)
             img = clip.encode_image(image)
             txt = clip.encode_text(text)
             img = img / img.norm(dim=-1, keepdim=True)
@@ -125,11 +126,13 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times
 
 
-def build(model: str, arch: str, seed: int):
+def build(model: str, arch: str, seed: int, device: str = "cpu"):
     """Our reward (random weights) and the official loop over an identical open_clip CLIP."""
     from open_clip.model import CLIP
     from open_clip.tokenizer import SimpleTokenizer
@@ -151,7 +154,8 @@ def build(model: str, arch: str, seed: int):
         transform, formula = (lambda im: pil_center(im, size)), (lambda c: scale * c)
     else:
         transform, formula = (lambda im: pil_center(im, size)), (lambda c: 2.5 * c.clamp_min(0))
-    loop = official_loop(clip, SimpleTokenizer(), transform, formula, rm.prompt_prefix)
+    rm, clip = rm.to(device), clip.to(device)
+    loop = official_loop(clip, SimpleTokenizer(), transform, formula, rm.prompt_prefix, device)
     return rm, loop
 
 
@@ -170,13 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per path (median)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both paths on it)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
-    rm, loop = build(args.model, args.arch, args.seed)
+    rm, loop = build(args.model, args.arch, args.seed, args.device)
     build_s = time.perf_counter() - t0
     arrays = make_images(args.n, args.image_size, args.seed)
     pils = [Image.fromarray(a) for a in arrays]
@@ -186,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         prompts = [f"{_PROMPTS[i % len(_PROMPTS)]}, variation {i}" for i in range(args.n)]
 
     def ours() -> torch.Tensor:
-        return rm.score(arrays, prompts=prompts, batch_size=args.batch_size).scores
+        return rm.score(arrays, prompts=prompts, batch_size=args.batch_size).scores.cpu()
 
     def official() -> torch.Tensor:
-        return loop(pils, prompts)
+        return loop(pils, prompts).cpu()
 
     s_ours, s_official = ours(), official()
     diff = (s_ours - s_official).abs()
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_size": args.image_size,
         "distinct_prompts": len(set(prompts)),
         "threads": torch.get_num_threads(),
-        "device": "cpu",
+        "device": args.device,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "build_s": build_s,
