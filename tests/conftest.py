@@ -37,6 +37,25 @@ def _offline_private_cache(tmp_path_factory: pytest.TempPathFactory):
         yield cache
 
 
+@pytest.fixture
+def one_thread():
+    """One torch CPU thread for the test (restored afterwards): small models run fastest
+    and most reproducibly on one thread. Use with ``pytestmark = pytest.mark.usefixtures``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """:func:`one_thread` for a whole module, module-scoped fixtures included."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Every test starts from the same RNG state (torch, numpy, random)."""

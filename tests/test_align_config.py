@@ -7,7 +7,6 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from diffusion_align.algorithms import get_algorithm
@@ -17,12 +16,7 @@ from diffusion_align.config import AlignConfig, ConfigError
 RECIPES = sorted(Path(str(resources.files("configs"))).joinpath("align").glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_algorithm_has_world_and_gpu_recipes() -> None:

@@ -10,13 +10,7 @@ import torch
 from diffusion_align.efficacy import run
 from diffusion_align.evaluate import diversity, mean_ci, paired_difference
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_statistics_by_hand() -> None:

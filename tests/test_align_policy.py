@@ -10,13 +10,7 @@ import torch
 from diffusion_align.policy import DiffusionPolicy, LoraSpec
 from diffusion_align.tiny import tiny_pipeline
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturb_lora(policy: DiffusionPolicy, scale: float = 0.2) -> None:

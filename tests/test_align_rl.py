@@ -33,12 +33,7 @@ PROMPTS = ["a red seven", "a blue one", "a green two", "a purple nine"]
 SAMPLE = SampleConfig(num_steps=3, eta=1.0, noise_level=0.7, guidance_scale=2.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ from diffusion_align.sampling import (
 )
 from diffusion_align.tiny import tiny_pipeline
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions: threads only add synchronisation
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _normal_logpdf_mean(x, mu, sigma) -> torch.Tensor:

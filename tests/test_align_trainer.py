@@ -19,12 +19,7 @@ from mmreward.interface import RewardModel
 PROMPTS = ["a red seven", "a blue one", "a green two", "a purple nine", "a yellow four"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Killed(RuntimeError):

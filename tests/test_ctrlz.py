@@ -30,12 +30,7 @@ class TargetReward(RewardModel):
         return -((batch.images.float() - 0.8) ** 2).flatten(1).mean(1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

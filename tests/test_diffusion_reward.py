@@ -31,12 +31,7 @@ TINY = DiffusionRewardConfig(resolution=8, channels=(8, 16), norm_groups=4, num_
 HAS_ASSETS = (assets_dir() / WEIGHTS_FILE).is_file()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture

@@ -20,12 +20,7 @@ PROMPTS = ["a red seven", "a blue one"]
 SAMPLE = SampleConfig(num_steps=4, guidance_scale=2.0, eta=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ PROMPTS = ["What is 2 + 3?", "Name a colour.", "Is the sky green?", "hi"]
 RESPONSES = ["5", "The answer is blue, like the sky on a clear day.", "No", "hello there"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module", params=["qwen2", "llama"])

@@ -24,12 +24,7 @@ PROMPTS = ["What is 2 + 3?", "Compute 4 * 2."]
 STEPS = [["2 + 3 = 5.", "So the answer is 5."], ["4 * 2 = 8.", "Check: 8 / 2 = 4.", "Answer: 8."]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

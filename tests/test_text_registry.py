@@ -18,12 +18,7 @@ from tests.tiny import TINY
 TEXT_NAMES = [spec.name for spec in catalog.ENTRIES]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def test_import_is_light():

@@ -19,12 +19,7 @@ RESPONSES = [
 REFS = {"What is 2 + 3?": "5", "Capital of France?": "Paris"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,7 @@ PROMPTS = ["Write a short note about the river.", "hi", "What is 2 + 3?"]
 RESPONSES = ["clear kind helpful", "wrong rude", "amazing wow"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,7 @@ from video.videoalign import (
 PROMPTS = ["a red seven", "a small blue one on a dark background moving in a circle", "x"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
