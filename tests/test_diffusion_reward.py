@@ -12,8 +12,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mmreward
-from mmreward import registry as registry_mod
-from mmreward.catalog.diffusion_reward import ENTRIES
 from mmreward.errors import CheckpointError, InputError
 from video.diffusion_reward.entropy import conditional_entropy, frame_rewards, history_windows
 from video.diffusion_reward.model import (
@@ -38,17 +36,6 @@ pytestmark = pytest.mark.usefixtures("one_thread_module")
 def tiny_model() -> ConditionalFrameDiffusion:
     torch.manual_seed(0)
     return ConditionalFrameDiffusion(TINY).eval()
-
-
-@pytest.fixture
-def registered():
-    """The Diffusion Reward entries registered for one test (removed afterwards)."""
-    before = dict(registry_mod._REGISTRY)
-    for spec in ENTRIES:
-        mmreward.register(spec, overwrite=True)
-    yield
-    registry_mod._REGISTRY.clear()
-    registry_mod._REGISTRY.update(before)
 
 
 def _oracle(model: ConditionalFrameDiffusion, target: torch.Tensor) -> None:
@@ -414,7 +401,7 @@ def test_wrapper_with_rnd_combines_and_updates():
     assert rm.rnd.error(videos.flatten(0, 1)).mean().item() < 0.5 * before
 
 
-def test_save_pretrained_and_load_give_identical_scores(tmp_path, registered):
+def test_save_pretrained_and_load_give_identical_scores(tmp_path):
     rm = _tiny_reward(stats={"world": {"mean": -10.0, "std": 2.0}}, alpha=0.3, rnd=True)
     rm.save_pretrained(tmp_path / "rm")
     back = mmreward.load(tmp_path / "rm")
@@ -468,7 +455,7 @@ def test_train_script_writes_a_loadable_folder(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_ASSETS, reason="world Diffusion Reward weights not trained yet")
-def test_committed_world_model_prefers_expert_clips(registered):
+def test_committed_world_model_prefers_expert_clips():
     rm = mmreward.load("diffusion-reward.world")
     expert, _ = world_clips(3, "expert", seed=30_000, frames=8, digits="test")
     nonexpert, _ = world_clips(3, "nonexpert", seed=30_000, frames=8, digits="test")

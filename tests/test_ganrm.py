@@ -9,9 +9,7 @@ import pytest
 import torch
 
 import mmreward
-from mmreward.catalog.ganrm import ENTRIES
 from mmreward.errors import CheckpointError, InputError, WeightsNotFoundError
-from mmreward.registry import list_rewards, register
 from vision_rm.ganrm import (
     BootstrapConfig,
     DiscriminatorConfig,
@@ -33,12 +31,7 @@ CLIP_CFG = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
 PREPROCESS = {"resolution": 16, "resize": "bilinear", "crop": "none", "mean": "half", "std": "half"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _registered():
-    for spec in ENTRIES:
-        if spec.name not in list_rewards():
-            register(spec)
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def tiny_model(encoder: str = "clip-vision", seed: int = 0, **kwargs) -> GanRewardModel:

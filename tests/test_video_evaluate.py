@@ -117,9 +117,6 @@ def test_rejects_non_video_reward(tmp_path):
 def test_cli_world_then_eval(tmp_path, capsys):
     import argparse
 
-    import mmreward
-    from mmreward import registry as registry_mod
-    from mmreward.catalog.video import ENTRIES
     from video.cli import add_score_arguments, loader_from_args, main
 
     assert main(["world", "--out", str(tmp_path / "w"), "--n", "2", "--frames", "6",
@@ -135,15 +132,8 @@ def test_cli_world_then_eval(tmp_path, capsys):
             for e, n in zip(rows[:2], rows[2:])
         )
     )
-    before = dict(registry_mod._REGISTRY)
-    try:
-        for spec in ENTRIES:
-            mmreward.register(spec, overwrite=True)
-        code = main(["eval", "--reward", "video-frames.gold-world", "--pairs", str(pairs),
-                     "--num-frames", "3", "--out", str(tmp_path / "ev"), "--no-progress"])  # fmt: skip
-    finally:
-        registry_mod._REGISTRY.clear()
-        registry_mod._REGISTRY.update(before)
+    code = main(["eval", "--reward", "video-frames.gold-world", "--pairs", str(pairs),
+                 "--num-frames", "3", "--out", str(tmp_path / "ev"), "--no-progress"])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
     assert "Overall" in printed and (tmp_path / "ev" / "metrics.json").is_file()

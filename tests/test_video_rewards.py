@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import mmreward
-from mmreward import registry as registry_mod
 from mmreward.errors import InputError
 from mmreward.interface import RewardInput, RewardModel
 from mmreward.scoring import collect_items, run_scoring
@@ -38,18 +37,6 @@ def _flat_video(levels) -> torch.Tensor:
     """(B,T,3,4,4) videos whose frame t of item b is the constant levels[b][t]."""
     v = torch.tensor(levels, dtype=torch.float32)
     return v[:, :, None, None, None].expand(*v.shape, 3, 4, 4).clone()
-
-
-@pytest.fixture
-def registered():
-    from mmreward.catalog.video import ENTRIES
-
-    before = dict(registry_mod._REGISTRY)
-    for spec in ENTRIES:
-        mmreward.register(spec, overwrite=True)
-    yield
-    registry_mod._REGISTRY.clear()
-    registry_mod._REGISTRY.update(before)
 
 
 def test_frame_weights_by_hand():
@@ -121,7 +108,7 @@ def test_bad_arguments_and_inputs_are_clear():
         rm(images=torch.rand(2, 3, 8, 8))
 
 
-def test_world_rewards_prefer_right_prompt_and_smooth_motion(registered):
+def test_world_rewards_prefer_right_prompt_and_smooth_motion():
     torch.set_num_threads(1)
     x, metas = make_clips(6, "expert", seed=10, frames=8)
     bad_x, _ = make_clips(6, "nonexpert", seed=10, frames=8)
@@ -143,7 +130,7 @@ def test_world_rewards_prefer_right_prompt_and_smooth_motion(registered):
     assert v.grad is not None and v.grad.abs().sum() > 0
 
 
-def test_save_and_load_back_identical(tmp_path, registered):
+def test_save_and_load_back_identical(tmp_path):
     rm = mmreward.load("video-frames.gold-world-centre")
     x, metas = make_clips(2, "expert", seed=3, frames=6)
     videos = torch.from_numpy(x).permute(0, 1, 4, 2, 3).float() / 255
@@ -161,7 +148,7 @@ def test_save_and_load_back_identical(tmp_path, registered):
         torch.testing.assert_close(back(videos=videos, prompts=prompts).scores, changed)
 
 
-def test_scoring_path_on_world_videos(tmp_path, registered):
+def test_scoring_path_on_world_videos(tmp_path):
     torch.set_num_threads(1)
     manifest = write_world_videos(tmp_path / "vids", n_per_kind=2, seed=0, frames=8)
     items = collect_items(manifest)

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 import mmreward
 from mmreward.errors import CheckpointError, InputError
 from mmreward.interface import RewardInput
-from mmreward.registry import get_spec, register
 from video.videoalign import (
     DIMENSIONS,
     HEAD_FILE,
@@ -49,17 +48,6 @@ def _rm(tiny, **kwargs) -> VideoAlignReward:
 @pytest.fixture(scope="module")
 def videos():
     return torch.rand(3, 6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _registered():
-    from mmreward.catalog.videoalign import ENTRIES
-
-    for spec in ENTRIES:
-        try:
-            get_spec(spec.name)
-        except KeyError:
-            register(spec)
 
 
 # ------------------------------------------------------------------------ the forward

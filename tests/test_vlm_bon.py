@@ -9,8 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mmreward.catalog.vlm import ENTRIES
-from mmreward.registry import _REGISTRY, register
 from mmreward.selection import aggregate_steps
 from vision_rm.vlm.bon import (
     BoNItem,
@@ -30,15 +28,7 @@ CANDIDATES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _setup():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    for spec in ENTRIES:
-        if spec.name not in _REGISTRY:
-            register(spec)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

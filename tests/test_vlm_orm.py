@@ -8,10 +8,8 @@ import pytest
 import torch
 
 import mmreward
-from mmreward.catalog.vlm import ENTRIES
 from mmreward.data import PreferenceExample
 from mmreward.errors import CheckpointError
-from mmreward.registry import _REGISTRY, register
 from mmreward.train import TrainConfig
 from vision_rm.vlm.orm import VLMOutcomeReward, build_vlm_orm, new_orm
 from vision_rm.vlm.tiny import build_tiny_qwen2vl, write_tiny_checkpoint
@@ -21,15 +19,7 @@ PROMPTS = ["What is in the image?", "What is the sum?", "Describe it."]
 RESPONSES = ["A digit.", "The answer is 8.", "Two digits side by side, a red 3 and a red 5."]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _setup():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    for spec in ENTRIES:
-        if spec.name not in _REGISTRY:
-            register(spec)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

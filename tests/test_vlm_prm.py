@@ -11,11 +11,9 @@ import torch
 
 import mmreward
 from mmreward import RewardInput
-from mmreward.catalog.vlm import ENTRIES
 from mmreward.data import PreferenceExample
 from mmreward.errors import InputError
 from mmreward.interface import RewardModel, RewardOutput
-from mmreward.registry import _REGISTRY, register
 from mmreward.selection import aggregate_steps
 from mmreward.train import RewardModelTrainer, TrainConfig
 from vision_rm.vlm.evaluate import evaluate_process_bench, read_step_items, step_metrics
@@ -35,15 +33,7 @@ STEPS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _setup():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    for spec in ENTRIES:
-        if spec.name not in _REGISTRY:
-            register(spec)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
