@@ -65,10 +65,10 @@ class BuildConfig:
     unet_config: dict[str, Any] | None = None  # None: diffusion.UNET_CONFIG
     # preference data and proxy
     prefs_per_prompt: int = 16  # candidates per train prompt (cycling the study settings)
-    prefs_pairs_per_prompt: int = 40
-    proxy_epochs: int = 2
+    prefs_pairs_per_prompt: int = 120  # every pair of the 16 candidates, one label each
+    proxy_epochs: int = 1
     proxy_batch: int = 32
-    proxy_lr: float = 1e-4
+    proxy_lr: float = 1e-5  # full fine-tune: at 1e-4 it forgets CLIP and falls below it
     proxy_head: dict[str, Any] = field(default_factory=dict)  # overrides of proxy.HEAD_KWARGS
     # figures
     fig_per_test_prompt: int = 5  # samples per held-out prompt, per CFG setting

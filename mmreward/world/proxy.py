@@ -8,7 +8,10 @@
   2023), backbone fine-tuned — trained with :class:`~mmreward.train.RewardModelTrainer` on
   the simulated annotators' preferences (never on gold scores). A randomly initialised
   MLP head did not learn from 6,400 noisy pairs within the build budget (held-out
-  accuracy ≈ 0.5), hence the CLIP-logit start.
+  accuracy ≈ 0.5), hence the CLIP-logit start. The fine-tune is gentle (one epoch over
+  every labelled pair, lr 1e-5): at lr 1e-4 the backbone forgot what zero-shot CLIP
+  knew and the head ranked held-out pairs worse than CLIPScore; a frozen backbone with a
+  trained linear head stayed at CLIPScore's accuracy.
 
 Both are built by ``vision_rm`` (``vision_rm.clip_scores.clipscore`` and
 ``vision_rm.clip_heads.clip_head``), imported when a factory runs, never at import time.
