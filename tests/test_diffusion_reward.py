@@ -57,6 +57,14 @@ def test_strided_timesteps_match_the_paper_setting():
     )
     assert m.timesteps(9) == [99, 89, 79, 69, 59, 49, 39, 29, 19, 9]
     assert m.timesteps(0) == list(range(99, -1, -1))
+    # end_at_zero: step 0 is appended when the stride misses it (as the reference does)
+    z = ConditionalFrameDiffusion(
+        DiffusionRewardConfig(resolution=8, channels=(8, 16), norm_groups=4, end_at_zero=True)
+    )
+    assert z.timesteps(9) == [99, 89, 79, 69, 59, 49, 39, 29, 19, 9, 0]
+    assert z.timesteps(19) == [99, 79, 59, 39, 19, 0]
+    assert z.timesteps(32) == [99, 66, 33, 0]  # the stride lands on 0: nothing appended
+    assert z.timesteps(0) == m.timesteps(0)
     with pytest.raises(ValueError, match="skip"):
         m.timesteps(100)
     assert m.alphas_cumprod[-1] < 1e-3  # the rescaled schedule reaches (almost) pure noise
@@ -90,6 +98,32 @@ def test_config_validation():
         DiffusionRewardConfig(resolution=10, channels=(8, 16, 16), norm_groups=4)
     with pytest.raises(ValueError, match=r"unknown keys \['widths'\]"):
         DiffusionRewardConfig.from_dict({"widths": [8]})
+    with pytest.raises(ValueError, match="prediction: expected one of"):
+        DiffusionRewardConfig(prediction="x_start")
+    # configs written before the option existed load as ε-prediction
+    assert DiffusionRewardConfig.from_dict({"history": 2}).prediction == "epsilon"
+
+
+@pytest.mark.parametrize("prediction", ["v", "sample"])
+def test_v_and_x0_targets_imply_the_true_noise(prediction):
+    """A UNet that outputs the exact target (v or x0) implies ε_θ = ε at every t, by hand:
+    v = √ᾱ ε − √(1−ᾱ) x0 and x_t = √ᾱ x0 + √(1−ᾱ) ε."""
+    cfg = DiffusionRewardConfig(
+        resolution=8, channels=(8, 16), norm_groups=4, num_train_timesteps=20, prediction=prediction
+    )
+    m = ConditionalFrameDiffusion(cfg)
+    g = torch.Generator().manual_seed(0)
+    x0, e = torch.rand(3, 3, 8, 8, generator=g) * 2 - 1, torch.randn(3, 3, 8, 8, generator=g)
+    t = torch.tensor([0, 9, 19])
+    a = m.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * e
+    y = m.target(x0, e, t)
+    if prediction == "v":
+        torch.testing.assert_close(y, a.sqrt() * e - (1 - a).sqrt() * x0)
+    else:
+        torch.testing.assert_close(y, x0)
+    m.raw = lambda x_t, t, history: y  # type: ignore[method-assign]
+    torch.testing.assert_close(m.eps(x_t, t, torch.zeros(3, 2, 3, 8, 8)), e, atol=1e-5, rtol=0)
 
 
 # -- sampler and variational bound against formulas ----------------------------------------
@@ -106,22 +140,28 @@ def test_sampler_recovers_the_oracle_target(tiny_model, noise):
     torch.testing.assert_close(x, target, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("skip", [0, 4])
-def test_nll_bound_of_an_oracle_is_prior_plus_decoder(tiny_model, skip):
+@pytest.mark.parametrize("skip,end_at_zero", [(0, False), (4, False), (4, True)])
+def test_nll_bound_of_an_oracle_is_prior_plus_decoder(tiny_model, skip, end_at_zero):
     """Oracle ε ⇒ every KL term is 0; the bound is L_T + L_0, computed here by hand."""
+    if end_at_zero:
+        tiny_model = ConditionalFrameDiffusion(
+            DiffusionRewardConfig(**{**TINY.to_dict(), "end_at_zero": True})
+        )
     x0 = quantize(torch.rand(2, 3, 8, 8) * 1.6 - 0.8)  # interior bins only
     _oracle(tiny_model, x0)
     bits = tiny_model.nll_bound(x0, torch.zeros(2, 2, 3, 8, 8), skip=skip)
     d = x0[0].numel()
     a_bar = tiny_model.alphas_cumprod[-1].item()
     var0 = 1 - tiny_model.alphas_cumprod[tiny_model.timesteps(skip)[-1]].item()
-    assert tiny_model.timesteps(skip)[-1] == (0 if skip == 0 else 4)
+    assert tiny_model.timesteps(skip)[-1] == (4 if skip == 4 and not end_at_zero else 0)
+    if tiny_model.timesteps(skip)[-1] == 0:
+        assert var0 == pytest.approx(tiny_model.betas[0].item(), rel=1e-4)
     for i in range(2):
         prior = sum(
             0.5 * (-math.log(1 - a_bar) + (1 - a_bar) + a_bar * v * v - 1)
             for v in x0[i].flatten().tolist()
         )
-        # the decoder's mean is x0 exactly, σ² = 1 − ᾱ_τ1 (β_0 for the full chain), bin ±1/255
+        # the decoder's mean is x0 exactly, σ² = 1 − ᾱ_τ1 (β_0 when τ1 = 0), bin ±1/255
         half = (1 / 255) / math.sqrt(var0)
         p_bin = math.erf(half / math.sqrt(2))
         decoder = -d * math.log(p_bin)
@@ -140,6 +180,7 @@ def test_nll_bound_kl_terms_by_hand(tiny_model):
     off = tiny_model.nll_bound(x0, torch.zeros(1, 2, 3, 8, 8), skip=4)
     a = tiny_model.alphas_cumprod
     taus = tiny_model.timesteps(4)[::-1]  # 4, 9, 14, 19
+    assert taus == [4, 9, 14, 19]
     d = x0.numel()
     kl = sum(
         (1 - a[t] / a[s]) / (2 * (a[t] / a[s]) * (1 - a[s])) * c * c * d
@@ -432,6 +473,29 @@ def test_tiny_training_run_lowers_the_loss():
     after = _eval_loss(model, clips)
     assert [r["step"] for r in log] == [20, 40, 60]
     assert after < 0.6 * before, (before, after)
+
+
+def test_v_prediction_training_lowers_the_loss_and_uses_the_history():
+    clips, _ = world_clips(6, "expert", seed=0, frames=6)
+    torch.manual_seed(0)
+    model = ConditionalFrameDiffusion(
+        DiffusionRewardConfig(
+            resolution=8, channels=(8, 16), norm_groups=4, num_train_timesteps=20, prediction="v"
+        )
+    )
+    before = _eval_loss(model, clips)
+    train(model, clips, steps=60, batch_size=16, lr=3e-3, warmup=5, log_every=20, progress=False)
+    after = _eval_loss(model, clips)
+    assert after < 0.6 * before, (before, after)
+    # at the noisiest step v ≈ −x0: the trained model predicts the next frame from the history
+    x = model.to_model_space(clips)
+    hist, nxt = pairs(x, model.config.history)
+    t = torch.full((nxt.shape[0],), model.num_timesteps - 1)
+    x_t = torch.randn(nxt.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        err_true = (model.raw(x_t, t, hist) + nxt).abs().mean()
+        err_none = (model.raw(x_t, t, torch.zeros_like(hist)) + nxt).abs().mean()
+    assert err_true < 0.8 * err_none, (err_true, err_none)
 
 
 def test_train_script_writes_a_loadable_folder(tmp_path):

@@ -4,7 +4,8 @@ Diffusion Reward (Huang et al. 2023, arXiv:2312.14134) learns the distribution o
 frame of expert videos given the last ``k`` frames. Here the model is a small diffusers
 ``UNet2DModel`` over single frames at ``resolution``×``resolution`` whose input is the noisy
 next frame concatenated (channels) with the ``k`` history frames; it predicts the noise ε
-under a DDPM schedule of ``num_train_timesteps`` steps (Ho et al. 2020, arXiv:2006.11239).
+(or v, or x0: ``config.prediction``) under a DDPM schedule of ``num_train_timesteps``
+steps (Ho et al. 2020, arXiv:2006.11239).
 
 Three operations matter for the reward:
 
@@ -49,6 +50,8 @@ from mmreward.errors import InputError
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 _LOG2 = math.log(2.0)
+#: what the UNet may be trained to predict (:attr:`DiffusionRewardConfig.prediction`)
+PREDICTIONS = ("epsilon", "v", "sample")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,13 @@ class DiffusionRewardConfig:
     num_train_timesteps: int = 100
     beta_start: float = 1e-3
     beta_end: float = 0.2
+    # what the UNet predicts: "epsilon" (ε, Ho et al.), "v" (v = √ᾱ ε − √(1−ᾱ) x0,
+    # Salimans & Ho 2022) or "sample" (x0); sampling and the bound use the ε it implies
+    prediction: str = "epsilon"
+    # strided chains (sampler and bound) end at step 0, as the reference implementation's
+    # do; False keeps the stride's own last step (e.g. 9 for skip 9), where the bound's
+    # decoder L_0 is as wide as that step's noise (see ConditionalFrameDiffusion.timesteps)
+    end_at_zero: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -84,6 +94,10 @@ class DiffusionRewardConfig:
             )
         if self.num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps: expected ≥ 2, got {self.num_train_timesteps}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(
+                f"prediction: expected one of {list(PREDICTIONS)}, got {self.prediction!r}"
+            )
         if not 0 < self.beta_start < self.beta_end < 1:
             raise ValueError(
                 f"beta_start, beta_end: expected 0 < start < end < 1, got "
@@ -186,18 +200,44 @@ class ConditionalFrameDiffusion(nn.Module):
             )
         return history.flatten(1, 2)
 
-    def eps(self, x_t: Tensor, t: Tensor, history: Tensor) -> Tensor:
-        """ε_θ(x_t, t, h): ``x_t (N,3,r,r)``, ``t (N,)`` ints, ``history (N,k,3,r,r)``.
+    def raw(self, x_t: Tensor, t: Tensor, history: Tensor) -> Tensor:
+        """The UNet's output (ε, v or x0, see ``config.prediction``), fp32.
 
-        Runs the UNet in its own dtype; returns fp32.
+        ``x_t (N,3,r,r)``, ``t (N,)`` ints, ``history (N,k,3,r,r)``; the UNet runs in its
+        own dtype.
         """
         h = self._check_history(history)
         dtype = self.unet.conv_in.weight.dtype
         return self.unet(torch.cat([x_t, h], dim=1).to(dtype), t).sample.float()
 
+    def eps(self, x_t: Tensor, t: Tensor, history: Tensor) -> Tensor:
+        """ε_θ(x_t, t, h) implied by the UNet's prediction (``(N,3,r,r)``, fp32).
+
+        ε-prediction: the output; v: ε = √ᾱ v + √(1−ᾱ) x_t; x0: ε = (x_t − √ᾱ x0)/√(1−ᾱ).
+        """
+        out = self.raw(x_t, t, history)
+        kind = self.config.prediction
+        if kind == "epsilon":
+            return out
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        if kind == "v":
+            return a.sqrt() * out + (1 - a).sqrt() * x_t
+        return (x_t - a.sqrt() * out) / (1 - a).sqrt()
+
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """The regression target of ``config.prediction`` for x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε."""
+        kind = self.config.prediction
+        if kind == "epsilon":
+            return noise
+        if kind == "sample":
+            return x0
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+
     # -- training ---------------------------------------------------------------------
     def loss(self, x0: Tensor, history: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """L_simple = E_{t,ε} ‖ε − ε_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, t, h)‖² (Ho et al. eq. 14).
+        """L_simple = E_{t,ε} ‖y − y_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, t, h)‖² (Ho et al. eq. 14),
+        with y the prediction target (:meth:`target`: ε, v or x0).
 
         ``x0 (N,3,r,r)`` and ``history (N,k,3,r,r)`` in model space ([−1,1]).
         """
@@ -206,18 +246,26 @@ class ConditionalFrameDiffusion(nn.Module):
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
         a = self.alphas_cumprod[t].view(n, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        return F.mse_loss(self.eps(x_t, t, history), noise)
+        return F.mse_loss(self.raw(x_t, t, history), self.target(x0, noise, t))
 
     # -- sampling ---------------------------------------------------------------------
     def timesteps(self, skip: int) -> list[int]:
         """The strided subset of timesteps, noisiest first: every ``skip + 1``-th step.
 
-        With T = 100 and ``skip = 9`` (the paper's setting) that is 99, 89, …, 9.
+        With T = 100 and ``skip = 9`` (the paper's setting) that is 99, 89, …, 9. With
+        ``config.end_at_zero`` step 0 is appended when the stride misses it (99, …, 9, 0),
+        as in the reference implementation: the bound's decoder L_0 is then the sharp one
+        of step 0 (variance β_0) instead of a Gaussian as wide as the last strided step's
+        noise (1 − ᾱ_9 ≈ 0.1; 1 − ᾱ_19 ≈ 0.33 for skip 19), which costs every frame about
+        the same 6–8 bits/dim whatever the model predicts.
         """
         if skip < 0 or skip >= self.num_timesteps:
             raise ValueError(f"skip: expected 0 ≤ skip < {self.num_timesteps}, got {skip}")
         stride = skip + 1
-        return list(range(self.num_timesteps - 1, -1, -stride))
+        steps = list(range(self.num_timesteps - 1, -1, -stride))
+        if self.config.end_at_zero and steps[-1] != 0:
+            steps.append(0)
+        return steps
 
     @torch.no_grad()
     def sample(
@@ -284,7 +332,8 @@ class ConditionalFrameDiffusion(nn.Module):
           β_{t|s}² / (2 β̃ α_{t|s} (1−ᾱ_t)) ‖ε − ε_θ(x_t, t)‖²
           = β_{t|s} / (2 α_{t|s} (1−ᾱ_s)) ‖ε − ε_θ‖²  (eq. 12 of the full chain when s = t−1);
         - L_0 = −log p_θ(x0 | x_{τ_1}), a discretised Gaussian (256 bins over [−1,1],
-          eq. 13) with mean x̂_0(x_{τ_1}) and variance β_{τ_1|0} = 1 − ᾱ_{τ_1}.
+          eq. 13) with mean x̂_0(x_{τ_1}) and variance 1 − ᾱ_{τ_1} (β_0 when the
+          strided steps end at τ_1 = 0, ``config.end_at_zero``; see :meth:`timesteps`).
 
         ``skip = 0`` gives the full T-step bound. One ε per term, drawn from ``seed`` and
         shared by every item of the batch (common random numbers): a frame's bound does

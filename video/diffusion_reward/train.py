@@ -130,6 +130,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--resolution", type=int, default=16, help="model frame side")
     p.add_argument("--history", type=int, default=2, help="k conditioning frames")
     p.add_argument("--channels", type=int, nargs="+", default=[32, 48, 48], help="UNet widths")
+    p.add_argument(
+        "--prediction",
+        choices=["epsilon", "v", "sample"],
+        default="epsilon",
+        help="what the UNet predicts (v: v-prediction, sample: x0)",
+    )
+    p.add_argument(
+        "--end-at-zero",
+        action="store_true",
+        help="strided sampler and bound end at step 0 (as the reference implementation)",
+    )
     p.add_argument("--steps", type=int, default=1500, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -156,7 +167,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return _stats_only(args)
     out.mkdir(parents=True, exist_ok=True)
     cfg = DiffusionRewardConfig(
-        resolution=args.resolution, history=args.history, channels=tuple(args.channels)
+        resolution=args.resolution,
+        history=args.history,
+        channels=tuple(args.channels),
+        prediction=args.prediction,
+        end_at_zero=args.end_at_zero,
     )
     model = ConditionalFrameDiffusion(cfg)
     clips, _ = world_clips(args.clips, "expert", args.seed, args.frames, args.size)
