@@ -11,15 +11,19 @@ import torch
 from vision_rm.vlm.evaluate import read_step_items
 from vision_rm.vlm.mc_label import label_solution
 from vision_rm.vlm.reasoning import (
+    STUDY_ARCH,
     DigitPolicy,
     PolicyConfig,
     final_answer,
     is_correct,
     majority_vote,
     make_items,
+    pretrain_vision,
     selection_accuracy,
     solution_steps,
     step_truth,
+    vision_probe,
+    within_question_auc,
     write_process_bench,
 )
 
@@ -143,3 +147,35 @@ def test_process_bench_export_reads_back(policy, tmp_path):
     for b, s, i in zip(back, sols, owner):
         assert b.labels == step_truth(items[i], s) and b.image.is_file()
         assert b.question == items[i].question
+
+
+def test_within_question_auc_by_hand():
+    correct = np.array([[1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=bool)
+    scores = np.array([[0.5, 0.9, 0.1], [0.3, 0.3, 0.3], [0.0, 1.0, 2.0]])
+    # q1: 0.5 > 0.1, 0.5 < 0.9 → 1 of 2; q2: two ties → ½ + ½; q3 has no (right, wrong) pair
+    assert within_question_auc(correct, scores) == pytest.approx((1 + 1) / 4)
+    assert within_question_auc(correct, -scores) == pytest.approx((1 + 1) / 4)
+    assert within_question_auc(correct[:2], np.array([[1, 0, 0], [2, 2, 0]])) == 1.0
+    assert np.isnan(within_question_auc(correct[2:], scores[2:]))
+    with pytest.raises(ValueError, match="scores"):
+        within_question_auc(correct, scores[:, :2])
+
+
+def test_vision_pretraining_makes_the_tower_read_held_out_digits():
+    from vision_rm.vlm.tiny import build_tiny_qwen2vl
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, processor = build_tiny_qwen2vl(seed=0, **STUDY_ARCH)
+        before = vision_probe(model, processor, n_train=400, n_test=300)
+        losses = pretrain_vision(
+            model, processor, steps=150, batch_size=32, n_images=2000, decay=False,
+            progress=False,
+        )  # fmt: skip
+        after = vision_probe(model, processor, n_train=400, n_test=300)
+    finally:
+        torch.set_num_threads(n)
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.1
+    assert before < 0.15  # a random tower: chance level
+    assert after > before + 0.1  # test-split scans, unseen in pre-training

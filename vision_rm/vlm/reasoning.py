@@ -23,8 +23,9 @@ vision tower of a tiny Qwen2-VL on digits, warm-start it on correct solutions, t
 VisualPRM on Monte-Carlo step labels and an outcome RM on correct-vs-wrong pairs (both
 with the core trainer), then measure on held-out images the accuracy of a single sample,
 majority vote, ORM-BoN, PRM-BoN (each aggregator) and reward-weighted voting at
-N = 4, 8, 16, and the PRM's step F1 on held-out labelled solutions (VisualProcessBench
-format). Written: ``DIR/figures.json``, ``DIR/bon_accuracy.png``, ``DIR/pool.jsonl``
+N = 4, 8, 16, the PRM's step F1 on held-out labelled solutions (VisualProcessBench
+format), a linear digit probe of the vision tower and a shuffled-image control
+(within-question AUC with every question scored on another question's image). Written: ``DIR/figures.json``, ``DIR/bon_accuracy.png``, ``DIR/pool.jsonl``
 (every scored candidate), ``DIR/process_bench_eval/`` and the trained models.
 
 >>> items = make_items(2, split="test", seed=0)
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import re
 import time
@@ -379,7 +381,33 @@ def selection_accuracy(
     return {k: v / (q * draws) for k, v in totals.items()}
 
 
+def within_question_auc(correct: np.ndarray, scores: np.ndarray) -> float:
+    """P(a correct candidate outscores a wrong one of the same question), ties count ½.
+
+    Pooled over the (correct, wrong) pairs of every question of ``correct`` / ``scores``
+    ``(Q, P)``; questions whose candidates are all right or all wrong have no pair. NaN
+    when no question has one.
+    """
+    correct = np.asarray(correct, dtype=bool)
+    scores = np.asarray(scores, dtype=float)
+    if correct.shape != scores.shape:
+        raise ValueError(f"scores: expected shape {correct.shape}, got {scores.shape}")
+    wins = pairs = 0.0
+    for c, s in zip(correct, scores):
+        d = s[c][:, None] - s[~c][None, :]
+        wins += float((d > 0).sum() + 0.5 * (d == 0).sum())
+        pairs += d.size
+    return wins / pairs if pairs else float("nan")
+
+
 # ------------------------------------------------------- vision pre-training (digits)
+def _task_attributes() -> list:
+    """The world's attribute combinations drawn at the task's digit size."""
+    from mmreward.world.data import all_attributes
+
+    return [a for a in all_attributes() if a.size == SIZE]
+
+
 def pretrain_vision(
     model,
     processor,
@@ -387,27 +415,32 @@ def pretrain_vision(
     steps: int,
     batch_size: int = 64,
     lr: float = 3e-3,
-    n_images: int = 3000,
+    n_images: int = 20000,
+    decay: bool = True,
     seed: int = 0,
     progress: bool = True,
 ) -> list[float]:
     """Pre-train the vision tower as a digit classifier on the world's single-digit renders.
 
     The stand-in for the pretrained vision encoder every real VLM starts from: a linear
-    head on the mean of the merged vision tokens, cross-entropy over the 10 digits,
-    trained on the training-split scans only (the head is discarded). Returns the losses.
+    head on the mean of the merged vision tokens, cross-entropy over the 10 digits, on
+    ``n_images`` renders of the training-split scans at the task's digit size (the head is
+    discarded); AdamW with a linear decay to 0 when ``decay``. Returns the losses.
     """
     from tqdm.auto import tqdm
 
     from mmreward.world.data import sample_world
 
     visual = model.model.visual
-    data = sample_world(n_images, digits="train", prompts="all", seed=seed)
+    data = sample_world(n_images, digits="train", prompts=_task_attributes(), seed=seed)
     labels = torch.tensor([a.digit for a in data.attributes])
     width = model.config.text_config.hidden_size
     head = torch.nn.Linear(width, 10)
     params = [*visual.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, (lambda k: 1.0 - k / steps) if decay else (lambda k: 1.0)
+    )
     g = torch.Generator().manual_seed(seed)
     visual.train()
     history = []
@@ -422,10 +455,48 @@ def pretrain_vision(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        sched.step()
         opt.zero_grad()
         history.append(loss.item())
     visual.eval()
     return history
+
+
+@torch.no_grad()
+def _vision_features(model, processor, images: Tensor, batch_size: int = 256) -> Tensor:
+    """Mean of the merged vision tokens per image ``(N, H)`` (the pre-training features)."""
+    visual = model.model.visual
+    was_training = visual.training
+    visual.eval()
+    feats = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i : i + batch_size]
+        enc = processor.image_processor(images=list(chunk), return_tensors="pt", do_rescale=False)
+        merged = visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"]).pooler_output
+        feats.append(merged.view(len(chunk), -1, merged.shape[-1]).mean(1))
+    visual.train(was_training)
+    return torch.cat(feats)
+
+
+def vision_probe(model, processor, n_train: int = 2000, n_test: int = 1000, seed: int = 0) -> float:
+    """Digit accuracy of a linear probe on the frozen vision tower (held-out scans).
+
+    A logistic regression on the mean merged vision token of single-digit renders (at the
+    task's size) of the training-split scans, scored on renders of the test-split scans:
+    how well the tower the reward models look through tells the digits apart.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from mmreward.world.data import sample_world
+
+    train = sample_world(n_train, digits="train", prompts=_task_attributes(), seed=seed + 101)
+    test = sample_world(n_test, digits="test", prompts=_task_attributes(), seed=seed + 102)
+    x_tr = _vision_features(model, processor, train.images).float().numpy()
+    x_te = _vision_features(model, processor, test.images).float().numpy()
+    y_tr = np.array([a.digit for a in train.attributes])
+    y_te = np.array([a.digit for a in test.attributes])
+    clf = LogisticRegression(max_iter=2000).fit(x_tr, y_tr)
+    return float((clf.predict(x_te) == y_te).mean())
 
 
 # ------------------------------------------------------------------ warm start (SFT)
@@ -499,19 +570,20 @@ STUDY_ARCH = {"vision_patch_size": 8, "vision_embed_dim": 64, "vision_num_heads"
 
 @dataclass
 class StudyConfig:
-    """Sizes of the reasoning study (defaults: ≈ 8 minutes on one CPU thread)."""
+    """Sizes of the reasoning study (defaults: ≈ 15 minutes on one CPU thread)."""
 
-    train_items: int = 800  # questions whose sampled solutions train the RMs
-    samples_per_item: int = 4  # sampled solutions per training question
+    train_items: int = 2400  # questions for SFT; their sampled solutions train the RMs
+    samples_per_item: int = 2  # sampled solutions per training question
     mc_rollouts: int = 16  # Monte-Carlo continuations per prefix (VisualPRM: 16)
-    hard_labels: bool = False  # train on MC > 0 (hard) instead of the success rate (soft)
+    hard_labels: bool = True  # train on MC > 0 (hard, Math-Shepherd) or the success rate
     vision_steps: int = 1000  # digit-classification pre-training of the vision tower
+    freeze_vision: bool = True  # keep the pre-trained tower fixed in SFT, PRM and ORM
     sft_steps: int = 1200
-    prm_steps: int = 1500
+    prm_steps: int = 3000
     orm_steps: int = 800
     batch_size: int = 16
     lr: float = 1e-3  # vision pre-training and SFT
-    rm_lr: float = 3e-4  # PRM and ORM fine-tuning (1e-3 learned text priors only)
+    rm_lr: float = 3e-4  # PRM and ORM fine-tuning (1e-3 fits the MC labels worse)
     eval_items: int = 200  # held-out questions (test-split scans)
     pool: int = 16  # candidates sampled per held-out question
     ns: tuple[int, ...] = (4, 8, 16)
@@ -655,6 +727,9 @@ def run_study(out: str | Path, cfg: StudyConfig | None = None, progress: bool = 
     vision_loss = pretrain_vision(
         backbone, processor, steps=cfg.vision_steps, seed=cfg.seed, progress=progress
     )
+    probe = {"vision_pretrained": vision_probe(backbone, processor, seed=cfg.seed)}
+    if cfg.freeze_vision:  # SFT, PRM and ORM train the language side only
+        backbone.model.visual.requires_grad_(False)
     gold = [
         solution_steps(it.kind, it.left, it.right,
                        str(it.left + it.right) if it.kind == "sum" else relation(it.left, it.right),
@@ -667,6 +742,7 @@ def run_study(out: str | Path, cfg: StudyConfig | None = None, progress: bool = 
     )  # fmt: skip
     save_tiny(backbone, processor, out / "policy_vlm")
     timings["sft_s"] = time.time() - t1
+    probe["policy_vlm"] = vision_probe(backbone, processor, seed=cfg.seed)
 
     # -- PRM: step-level BCE on MC labels (core trainer, "steps" objective) -------------
     t1 = time.time()
@@ -679,6 +755,7 @@ def run_study(out: str | Path, cfg: StudyConfig | None = None, progress: bool = 
     prm_result = RewardModelTrainer(prm, prm_cfg, step_examples, None).train(resume=False)
     prm.eval()
     timings["prm_train_s"] = time.time() - t1
+    probe["prm"] = vision_probe(prm.backbone, processor, seed=cfg.seed)
 
     # -- ORM: Bradley-Terry on (correct, wrong) answers of one question -----------------
     t1 = time.time()
@@ -715,6 +792,23 @@ def run_study(out: str | Path, cfg: StudyConfig | None = None, progress: bool = 
         str(n): selection_accuracy(correct, answers, tables, n, cfg.draws, cfg.seed, votes)
         for n in cfg.ns
     }
+    # control: every question scored with the next question's image
+    shuffled = [
+        dataclasses.replace(it, image=eval_items[(i + 1) % len(eval_items)].image)
+        for i, it in enumerate(eval_items)
+    ]
+    _, shuffled_steps = _score_pool(prm, shuffled, pools, "steps", 2 * cfg.batch_size, progress)
+    controls: dict[str, Any] = {"within_question_auc": {}, "within_question_auc_shuffled": {}}
+    for agg in ("min", "mean"):
+        real = tables[f"prm_{agg}"]
+        fake = aggregate_steps(shuffled_steps, agg).numpy().reshape(correct.shape)
+        controls["within_question_auc"][f"prm_{agg}"] = within_question_auc(correct, real)
+        controls["within_question_auc_shuffled"][f"prm_{agg}"] = within_question_auc(correct, fake)
+        controls[f"mean_abs_change_prm_{agg}"] = float(np.abs(real - fake).mean())
+        controls[f"bon_{cfg.pool}_shuffled_prm_{agg}"] = float(
+            np.mean(correct[np.arange(len(pools)), fake.argmax(1)])
+        )
+    controls["within_question_auc"]["orm"] = within_question_auc(correct, orm_scores)
     with (out / "pool.jsonl").open("w", encoding="utf-8") as f:  # every scored candidate
         for i, (it, pool) in enumerate(zip(eval_items, pools)):
             row = {"id": it.id, "answer": it.answer, "candidates": [
@@ -740,6 +834,8 @@ def run_study(out: str | Path, cfg: StudyConfig | None = None, progress: bool = 
         "policy": vars(policy.config),
         "greedy_accuracy": greedy_acc,
         "bon_accuracy": results,
+        "controls": controls,
+        "vision_probe_accuracy": probe,
         "step_eval": {k: v for k, v in step_eval.items() if k != "by_source"},
         "step_eval_by_source": step_eval.get("by_source", {}),
         "training": {
@@ -814,7 +910,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for name, value in vars(defaults).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
-            parser.add_argument(flag, action="store_true", default=value)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
         elif isinstance(value, tuple):
             parser.add_argument(flag, type=int, nargs="+", default=list(value))
         else:
@@ -829,7 +925,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )  # fmt: skip
     figures = run_study(args.out, cfg, progress=not args.no_progress)
     print(format_table(figures))
-    print(json.dumps({"greedy": figures["greedy_accuracy"], "step_eval": figures["step_eval"]}))
+    print(json.dumps({k: figures[k] for k in ("greedy_accuracy", "step_eval", "controls",
+                                             "vision_probe_accuracy", "timings_s")}))  # fmt: skip
     return figures
 
 
