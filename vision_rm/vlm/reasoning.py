@@ -578,6 +578,7 @@ class StudyConfig:
     hard_labels: bool = True  # train on MC > 0 (hard, Math-Shepherd) or the success rate
     vision_steps: int = 1000  # digit-classification pre-training of the vision tower
     freeze_vision: bool = True  # keep the pre-trained tower fixed in SFT, PRM and ORM
+    lm_layers: int = 2  # language-model layers of the study's tiny Qwen2-VL
     sft_steps: int = 1200
     prm_steps: int = 3000
     orm_steps: int = 800
@@ -723,7 +724,9 @@ def run_study(out: str | Path, cfg: StudyConfig | None = None, progress: bool = 
 
     # -- warm start: a tiny Qwen2-VL taught to answer on correct solutions --------------
     t1 = time.time()
-    backbone, processor = build_tiny_qwen2vl(seed=cfg.seed, **STUDY_ARCH)
+    backbone, processor = build_tiny_qwen2vl(
+        seed=cfg.seed, num_hidden_layers=cfg.lm_layers, **STUDY_ARCH
+    )
     vision_loss = pretrain_vision(
         backbone, processor, steps=cfg.vision_steps, seed=cfg.seed, progress=progress
     )
