@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
+from torch import Tensor
 
 import mmreward
 from diffusion_align.algorithms import ALGORITHMS, get_algorithm
@@ -131,6 +133,65 @@ def test_d3po_from_human_labels(tmp_path) -> None:
         assert torch.isfinite(loss) and stats["pairs"] == 2
         loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.trainable_parameters())
+
+
+def _d3po_step(reference: str, reward, moved: bool) -> tuple[list[float], list[float], Tensor]:
+    """Losses and clip fractions of one D3PO update on the tiny SD (one chunk per step),
+    and the LoRA gradient of its first chunk."""
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(tiny_pipeline("sd"), lora=LoraSpec(rank=2))
+    if moved:  # a policy far from the initial model: every per-step ratio leaves 1 ± ε
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, p in policy.denoiser.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    algo = get_algorithm("d3po").from_dict(
+        {"name": "d3po", "reference": reference, "timestep_fraction": 1.0},
+        SampleConfig(num_steps=3, eta=1.0),
+        [reward],
+    )
+    losses, clip, grad = [], [], None
+    for loss, stats in algo.losses(
+        policy, PromptBatch(PROMPTS * 2), torch.Generator().manual_seed(0)
+    ):
+        loss.backward()
+        losses.append(loss.item())
+        clip.append(stats["clip_frac"])
+        if grad is None:  # the first chunk: the noisiest denoising step
+            grad = torch.cat(
+                [
+                    (p.grad if p.grad is not None else torch.zeros_like(p)).flatten().clone()
+                    for p in policy.trainable_parameters()
+                ]
+            )
+    return losses, clip, grad
+
+
+def test_d3po_sampler_reference(reward) -> None:
+    # at the initial model both references are the same model: same loss, same gradient
+    loss_init, _, grad_init = _d3po_step("initial", reward, moved=False)
+    loss_samp, clip_samp, grad_samp = _d3po_step("sampler", reward, moved=False)
+    assert loss_init == pytest.approx(loss_samp, abs=1e-7)
+    assert torch.allclose(grad_init, grad_samp, atol=1e-9) and grad_samp.abs().sum() > 0
+    # ratio 1 at every step: −log σ(0) = log 2 per step; each of the 3 one-step chunks
+    # yields its share of the mean over the 3 steps
+    assert loss_samp == pytest.approx([math.log(2) / 3] * 3, abs=1e-6) and clip_samp == [0.0] * 3
+    # far from the initial model, the initial reference clips every ratio: no gradient;
+    # the sampling policy as reference still learns
+    _, clip_far, grad_far = _d3po_step("initial", reward, moved=True)
+    assert clip_far[0] == 1.0 and grad_far.abs().sum() == 0
+    _, _, grad_far_samp = _d3po_step("sampler", reward, moved=True)
+    assert grad_far_samp.abs().sum() > 0
+    algo = get_algorithm("d3po").from_dict(
+        {"name": "d3po", "reference": "sampler"}, SampleConfig(eta=1.0), [reward]
+    )
+    assert not algo.needs_reference
+    with pytest.raises(ValueError, match="reference 'sampler' needs preference 'reward'"):
+        get_algorithm("d3po").from_dict(
+            {"name": "d3po", "reference": "sampler", "preference": "human"},
+            SampleConfig(eta=1.0),
+        )
 
 
 @pytest.mark.parametrize("name", ["refl", "dpo"])

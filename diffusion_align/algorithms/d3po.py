@@ -16,7 +16,13 @@ Every denoising step of the pair is a DPO comparison
 (:func:`~diffusion_align.losses.d3po_loss`): ``ρ = clip(π_θ/π_ref, 1 ± ε)`` of the
 winner's and loser's transitions. The steps are re-scored in chunks of
 ``steps_per_backward`` (one backward each), a random ``timestep_fraction`` of them per
-update. The reference is the initial model (LoRA disabled, or a frozen copy).
+update. The reference is the initial model (LoRA disabled, or a frozen copy) with
+``reference: initial`` (default, as ALGORITHMS.md states it), or, with
+``reference: sampler`` (reward preferences only), the policy that sampled the pair: the
+trajectories are fresh each update, so that is the current policy without gradient, the
+ratio is 1 at every step, the clip never stops the gradient, and no reference forward is
+needed. With the initial model as reference a policy that has moved more than ε per step
+from it gets no gradient at all (``clip_frac`` → 1).
 """
 
 from __future__ import annotations
@@ -42,12 +48,16 @@ class D3POConfig:
     timestep_fraction: float = 1.0  # fraction of the denoising steps trained per update
     steps_per_backward: int = 1  # denoising steps per backward pass (memory vs. speed)
     min_margin: float = 0.0  # reward preferences: skip pairs whose reward gap is below this
+    reference: Literal["initial", "sampler"] = "initial"  # π_ref of the ratio ρ
 
 
 class D3PO(Algorithm):
     name = "d3po"
     Config = D3POConfig
-    needs_reference = True
+
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        return self.config.reference == "initial"
 
     @property
     def data_kind(self) -> str:  # type: ignore[override]
@@ -68,6 +78,13 @@ class D3PO(Algorithm):
             raise ValueError(f"d3po: min_margin must be ≥ 0, got {c.min_margin}")
         if c.steps_per_backward < 1 or not 0 <= c.clip < 1:
             raise ValueError("d3po: steps_per_backward must be ≥ 1 and clip in [0, 1)")
+        if c.reference not in ("initial", "sampler"):
+            raise ValueError(f"d3po: reference must be 'initial' or 'sampler', got {c.reference!r}")
+        if c.reference == "sampler" and c.preference != "reward":
+            raise ValueError(
+                "d3po: reference 'sampler' needs preference 'reward' (pairs sampled by the "
+                "policy being trained); human-labelled pairs use reference 'initial'"
+            )
 
     def check_policy(self, policy) -> None:
         super().check_policy(policy)
@@ -124,9 +141,12 @@ class D3PO(Algorithm):
                 x_t = torch.cat([win[:, j], lose[:, j]])
                 x_prev = torch.cat([win[:, j + 1], lose[:, j + 1]])
                 lp = transition_log_prob(policy, schedule, j, x_t, x_prev, cond2, guidance).log_prob
-                ref = transition_log_prob(
-                    policy, schedule, j, x_t, x_prev, cond2, guidance, reference=True
-                ).log_prob
+                if c.reference == "sampler":  # the sampling policy = this policy, no grad
+                    ref = lp.detach()
+                else:
+                    ref = transition_log_prob(
+                        policy, schedule, j, x_t, x_prev, cond2, guidance, reference=True
+                    ).log_prob
                 total = total + losses.d3po_loss(lp[:m], lp[m:], ref[:m], ref[m:], c.beta, c.clip)
             with torch.no_grad():
                 ratio = (lp - ref).exp()
