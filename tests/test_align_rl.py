@@ -132,6 +132,32 @@ def test_raft_kept_sets_by_hand() -> None:
         select_kept(r, 3, "median")
 
 
+def test_raft_pretrain_regulariser_adds_the_weighted_denoising_loss(reward) -> None:
+    policy = DiffusionPolicy(tiny_pipeline("sd"), lora=LoraSpec(rank=2))
+    h, w = policy.resolution()
+    images = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(5))
+    batch = PromptBatch(PROMPTS[:2], images=images, image_prompts=PROMPTS[2:])
+
+    def first_loss(weight: float) -> tuple[float, dict]:
+        algo = RAFT(RAFTConfig(samples_per_prompt=2, save_kept=False, pretrain_weight=weight),
+                    SAMPLE, [reward])  # fmt: skip
+        torch.manual_seed(0)
+        loss, stats = next(iter(algo.losses(policy, batch, torch.Generator().manual_seed(0))))
+        return loss.item(), stats
+
+    plain, plain_stats = first_loss(0.0)
+    weighted, stats = first_loss(2.0)
+    assert "pretrain_loss" not in plain_stats and stats["pretrain_loss"] > 0
+    # same candidates, same kept set, same SFT noise: only the regulariser is added
+    assert weighted == pytest.approx(plain + 2.0 * stats["pretrain_loss"], rel=1e-5)
+    algo = RAFT(RAFTConfig(samples_per_prompt=2, save_kept=False, pretrain_weight=1.0),
+                SAMPLE, [reward])  # fmt: skip
+    with pytest.raises(ValueError, match="data.pretrain"):
+        next(iter(algo.losses(policy, PromptBatch(PROMPTS[:2]), torch.Generator())))
+    with pytest.raises(ValueError, match="pretrain_weight"):
+        get_algorithm("raft").from_dict({"name": "raft", "pretrain_weight": -1}, SAMPLE, [reward])
+
+
 def test_bad_settings_are_refused(reward) -> None:
     with pytest.raises(ValueError, match="group_size"):
         get_algorithm("grpo").from_dict({"name": "grpo", "group_size": 1}, SAMPLE, [reward])

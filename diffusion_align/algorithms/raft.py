@@ -16,6 +16,11 @@ Every iteration writes its kept set to ``<run>/raft/step_<N>/``: ``kept.png`` (t
 images), ``kept.json`` (prompts, kept rewards, every sample's reward, the indices kept)
 and ``kept_latents.safetensors`` (the latents trained on). Reference defaults: K = 8
 (best-of-8), local ranking.
+
+Optionally, each fine-tuning minibatch adds ``pretrain_weight`` × the denoising loss on
+image-caption pairs (``data.pretrain``, e.g. ``world:train``), as ReFL's regulariser
+does: fine-tuning only on the model's own samples can reinforce their flaws (e.g. blur);
+real data anchors it. The reference code has no such term (weight 0, the default).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch import Tensor
 from diffusion_align import losses
 from diffusion_align.algorithms.base import UPDATE, Algorithm, Stats
 from diffusion_align.algorithms.ddpo import repeat_prompts
+from diffusion_align.algorithms.refl import denoising_loss as pretrain_denoising_loss
 from diffusion_align.data import PromptBatch
 from diffusion_align.sampling import sample
 
@@ -74,6 +80,7 @@ class RAFTConfig:
     sft_epochs: int = 1  # passes over the kept set per iteration
     sft_batch_size: int | None = None  # kept samples per optimizer update (None: all)
     save_kept: bool = True  # write raft/step_<N>/ (images, rewards, latents)
+    pretrain_weight: float = 0.0  # denoising loss on data.pretrain per minibatch (0: off)
 
 
 class RAFT(Algorithm):
@@ -90,6 +97,8 @@ class RAFT(Algorithm):
             raise ValueError("raft: sft_batch_size must be ≥ 1 or null")
         if c.keep == "global" and not 0 < c.alpha <= 1:
             raise ValueError(f"raft: alpha must be in (0, 1], got {c.alpha}")
+        if c.pretrain_weight < 0:
+            raise ValueError(f"raft: pretrain_weight must be ≥ 0, got {c.pretrain_weight}")
 
     @torch.no_grad()
     def _candidates(self, policy, prompts: list[str], generator: torch.Generator):
@@ -153,5 +162,16 @@ class RAFT(Algorithm):
                     x0, noise, noising.sample_indices(len(rows), generator)
                 )
                 pred = policy.predict(x_t, t, cond.select(rows.tolist()))
-                yield losses.denoising_loss(pred, target), stats
+                loss = losses.denoising_loss(pred, target)
+                if c.pretrain_weight > 0:
+                    if batch.images is None:
+                        raise ValueError(
+                            "raft: pretrain_weight > 0 needs data.pretrain (image-caption pairs)"
+                        )
+                    reg = pretrain_denoising_loss(
+                        policy, batch.images, batch.image_prompts, generator
+                    )
+                    loss = loss + c.pretrain_weight * reg
+                    stats = {**stats, "pretrain_loss": reg.item()}
+                yield loss, stats
                 yield UPDATE
