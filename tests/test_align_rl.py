@@ -158,6 +158,39 @@ def test_raft_pretrain_regulariser_adds_the_weighted_denoising_loss(reward) -> N
         get_algorithm("raft").from_dict({"name": "raft", "pretrain_weight": -1}, SAMPLE, [reward])
 
 
+def test_raft_sft_on_images_reencodes_the_kept_images(reward) -> None:
+    policy = DiffusionPolicy(tiny_pipeline("sd"), lora=LoraSpec(rank=2))
+    batch = PromptBatch(PROMPTS[:2])
+    calls = []
+    encode = policy.encode
+
+    def recording_encode(images, generator=None):
+        calls.append(images.detach().clone())
+        return encode(images, generator)
+
+    policy.encode = recording_encode
+    for sft_on in ("latents", "images"):
+        calls.clear()
+        algo = RAFT(RAFTConfig(samples_per_prompt=3, save_kept=False, sft_on=sft_on),
+                    SAMPLE, [reward])  # fmt: skip
+        _, _, images, rewards = algo._candidates(
+            policy, batch.prompts, torch.Generator().manual_seed(0)
+        )
+        kept = select_kept(rewards.cpu(), 3)
+        losses = [
+            x
+            for x in algo.losses(policy, batch, torch.Generator().manual_seed(0))
+            if x is not UPDATE
+        ]
+        assert len(losses) == 1 and torch.isfinite(losses[0][0])
+        if sft_on == "latents":
+            assert calls == []  # the sampled latents are used as they are
+        else:  # one encode of exactly the kept images (the best of each prompt's 3)
+            assert len(calls) == 1 and torch.equal(calls[0], images[kept])
+    with pytest.raises(ValueError, match="sft_on"):
+        get_algorithm("raft").from_dict({"name": "raft", "sft_on": "pixels"}, SAMPLE, [reward])
+
+
 def test_bad_settings_are_refused(reward) -> None:
     with pytest.raises(ValueError, match="group_size"):
         get_algorithm("grpo").from_dict({"name": "grpo", "group_size": 1}, SAMPLE, [reward])

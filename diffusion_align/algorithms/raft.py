@@ -9,8 +9,11 @@ One trainer step is one iteration:
    paper's top 1/K per prompt; :func:`~mmreward.selection.best_of_n`), ``keep: global``
    the top ``alpha`` fraction of the whole batch (:func:`select_kept`);
 3. **fine-tune** on the kept samples with the model's own denoising objective
-   (ε-, v- or velocity regression on the kept *latents*, so nothing is re-encoded):
-   ``sft_epochs`` passes in minibatches of ``sft_batch_size``, one optimizer update each.
+   (ε-, v- or velocity regression): on the kept *latents* as sampled (``sft_on:
+   latents``, default) or on the kept *images* re-encoded by the VAE (``sft_on: images``,
+   what fine-tuning on saved images does, and on the distribution of latents the model was
+   trained on); ``sft_epochs`` passes in minibatches of ``sft_batch_size``, one optimizer
+   update each.
 
 Every iteration writes its kept set to ``<run>/raft/step_<N>/``: ``kept.png`` (the kept
 images), ``kept.json`` (prompts, kept rewards, every sample's reward, the indices kept)
@@ -81,6 +84,7 @@ class RAFTConfig:
     sft_batch_size: int | None = None  # kept samples per optimizer update (None: all)
     save_kept: bool = True  # write raft/step_<N>/ (images, rewards, latents)
     pretrain_weight: float = 0.0  # denoising loss on data.pretrain per minibatch (0: off)
+    sft_on: Literal["latents", "images"] = "latents"  # sampled latents, or VAE(images)
 
 
 class RAFT(Algorithm):
@@ -97,6 +101,8 @@ class RAFT(Algorithm):
             raise ValueError("raft: sft_batch_size must be ≥ 1 or null")
         if c.keep == "global" and not 0 < c.alpha <= 1:
             raise ValueError(f"raft: alpha must be in (0, 1], got {c.alpha}")
+        if c.sft_on not in ("latents", "images"):
+            raise ValueError(f"raft: sft_on must be 'latents' or 'images', got {c.sft_on!r}")
         if c.pretrain_weight < 0:
             raise ValueError(f"raft: pretrain_weight must be ≥ 0, got {c.pretrain_weight}")
 
@@ -147,6 +153,9 @@ class RAFT(Algorithm):
         stats = {"reward": rewards.mean().item(), "kept_reward": rewards[kept].mean().item(),
                  "kept": float(len(kept))}  # fmt: skip
         kept_latents = latents[kept.to(latents.device)]
+        if c.sft_on == "images":  # decode → re-encode: latents from the VAE's posterior
+            with torch.no_grad():
+                kept_latents = policy.encode(images[kept.to(images.device)], generator)
         kept_prompts = [prompts[i] for i in kept.tolist()]
         cond = policy.encode_prompt(kept_prompts, guidance=False, height=self.sample.height,
                                     width=self.sample.width)  # fmt: skip
