@@ -66,3 +66,50 @@ def write_results_json(path: Path | None, args: Any, results: Sequence[dict[str,
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int, unet: torch.nn.Module | None = None
+) -> dict[str, dict]:
+    """Median wall and CPU seconds of each function, run in turn ``repeats`` times.
+
+    One untimed warm-up round first; every round runs all functions, starting with a
+    different one each round (A B C, B C A, …), so slow phases of a shared machine fall on
+    all of them. Hooks on ``unet`` split each wall time into time inside the UNet and time
+    outside it (the sampler's own work, the scheduler, the VAE decode); ``unet=None`` skips
+    the split (on a GPU the hooks would only see kernel launches).
+    """
+    for fn in fns.values():
+        fn()
+    inside = [0.0, 0.0]  # [start of the current call, total]
+    hooks = []
+    if unet is not None:
+        start = unet.register_forward_pre_hook(
+            lambda *_: inside.__setitem__(0, time.perf_counter())
+        )
+        stop = unet.register_forward_hook(
+            lambda *_: inside.__setitem__(1, inside[1] + time.perf_counter() - inside[0])
+        )
+        hooks = [start, stop]
+    names = list(fns)
+    runs: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": [], "unet": []} for k in fns}
+    try:
+        for r in range(repeats):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                inside[1] = 0.0
+                w0, c0 = time.perf_counter(), time.process_time()
+                fns[name]()
+                runs[name]["cpu"].append(time.process_time() - c0)
+                runs[name]["wall"].append(time.perf_counter() - w0)
+                runs[name]["unet"].append(inside[1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    med = statistics.median
+    return {
+        k: {"wall_s": med(v["wall"]), "cpu_s": med(v["cpu"]),
+            "outside_unet_s": None if unet is None else med(
+                w - u for w, u in zip(v["wall"], v["unet"], strict=True)),
+            "wall_all_s": v["wall"], "cpu_all_s": v["cpu"], "unet_all_s": v["unet"]}
+        for k, v in runs.items()
+    }  # fmt: skip

@@ -18,8 +18,8 @@
    end to end (MP4 → 8 sampled frames → score).
 
 Sampling timings: ``--repeats`` rounds after an untimed one, the three readers
-interleaved within each round, each call reading ``--clips`` distinct clips; medians per
-clip. Scoring timings: the median of ``--repeats`` runs after one untimed run.
+interleaved within each round (each round starting with the next reader), each call
+reading ``--clips`` distinct clips; medians per clip. Scoring timings: the median of ``--repeats`` runs after one untimed run.
 
     python benchmarks/bench_video.py --repeats 5 --json runs/bench/video.json
 """
@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import median_seconds, write_results_json
+from _common import interleaved, median_seconds, write_results_json
 
 TARGET_RATIO = 5.0  # decord sampling should be ≥ 5× faster than decoding every frame
 NUM_FRAMES = 300
@@ -95,33 +93,16 @@ def bench_sampling(size: int, gop: int | None, repeats: int, n_clips: int, tmp: 
         "mean_abs_diff_grey_levels": diffs,
     }
     fns = {"decord": ours, "pyav_selective": ours_pyav, "decode_all": decode_all}
-    wall, cpu = interleaved_times(fns, repeats)
-    for name in fns:
-        row[f"{name}_s"] = statistics.median(wall[name]) / n_clips
-        row[f"{name}_cpu_s"] = statistics.median(cpu[name]) / n_clips
-        row[f"{name}_runs"] = wall[name]
+    times = interleaved(fns, repeats)  # CPU time counts every thread of this process
+    for name, t in times.items():
+        row[f"{name}_s"] = t["wall_s"] / n_clips
+        row[f"{name}_cpu_s"] = t["cpu_s"] / n_clips
+        row[f"{name}_runs"] = t["wall_all_s"]
     for name in ("decord", "pyav_selective"):
         row[f"{name}_ratio"] = row["decode_all_s"] / row[f"{name}_s"]
         row[f"{name}_cpu_ratio"] = row["decode_all_cpu_s"] / row[f"{name}_cpu_s"]
     row["meets_target"] = row["decord_cpu_ratio"] >= TARGET_RATIO
     return row
-
-
-def interleaved_times(fns: dict, repeats: int) -> tuple[dict, dict]:
-    """Wall and process CPU seconds of each function, ``repeats`` rounds, the functions
-    interleaved within a round (after one untimed warm-up round), so that load from other
-    programs falls on all of them alike. CPU time counts every thread of this process."""
-    for fn in fns.values():
-        fn()
-    wall = {name: [] for name in fns}
-    cpu = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            cpu[name].append(time.process_time() - c0)
-            wall[name].append(time.perf_counter() - t0)
-    return wall, cpu
 
 
 def bench_scoring(n: int, batch_size: int, repeats: int, tmp: Path) -> dict:
