@@ -37,10 +37,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from diffusion_align import losses
 from diffusion_align.algorithms.base import UPDATE, Algorithm, Stats
 from diffusion_align.algorithms.ddpo import repeat_prompts
 from diffusion_align.algorithms.refl import denoising_loss as pretrain_denoising_loss
+from diffusion_align.algorithms.refl import latent_denoising_loss
 from diffusion_align.data import PromptBatch
 from diffusion_align.sampling import sample
 
@@ -152,26 +152,21 @@ class RAFT(Algorithm):
             self._save(prompts, kept, rewards.cpu(), latents, images)
         stats = {"reward": rewards.mean().item(), "kept_reward": rewards[kept].mean().item(),
                  "kept": float(len(kept))}  # fmt: skip
-        kept_latents = latents[kept.to(latents.device)]
         if c.sft_on == "images":  # decode → re-encode: latents from the VAE's posterior
             with torch.no_grad():
                 kept_latents = policy.encode(images[kept.to(images.device)], generator)
+        else:
+            kept_latents = latents[kept.to(latents.device)]
         kept_prompts = [prompts[i] for i in kept.tolist()]
         cond = policy.encode_prompt(kept_prompts, guidance=False, height=self.sample.height,
                                     width=self.sample.width)  # fmt: skip
-        noising = policy.noise_schedule()
         mb = c.sft_batch_size or len(kept)
         for _ in range(c.sft_epochs):
             order = torch.randperm(len(kept), generator=generator)
             for start in range(0, len(kept), mb):
                 rows = order[start : start + mb]
                 x0 = kept_latents[rows.to(kept_latents.device)]
-                noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-                x_t, t, target = noising.add_noise(
-                    x0, noise, noising.sample_indices(len(rows), generator)
-                )
-                pred = policy.predict(x_t, t, cond.select(rows.tolist()))
-                loss = losses.denoising_loss(pred, target)
+                loss = latent_denoising_loss(policy, x0, cond.select(rows.tolist()), generator)
                 if c.pretrain_weight > 0:
                     if batch.images is None:
                         raise ValueError(

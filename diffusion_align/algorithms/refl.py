@@ -81,8 +81,15 @@ def denoising_loss(
 ) -> Tensor:
     """The pre-training objective on image-caption pairs (ε, v or velocity regression)."""
     x0 = policy.encode(images, generator)
+    return latent_denoising_loss(
+        policy, x0, policy.encode_prompt(prompts, guidance=False), generator
+    )
+
+
+def latent_denoising_loss(policy, x0: Tensor, cond, generator: torch.Generator) -> Tensor:
+    """The pre-training objective on latents ``x0`` with conditioning ``cond``: noise them
+    at random training timesteps and regress the schedule's target (ε, v or velocity)."""
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     noising = policy.noise_schedule()
     x_t, t, target = noising.add_noise(x0, noise, noising.sample_indices(len(x0), generator))
-    pred = policy.predict(x_t, t, policy.encode_prompt(prompts, guidance=False))
-    return losses.denoising_loss(pred, target)
+    return losses.denoising_loss(policy.predict(x_t, t, cond), target)
