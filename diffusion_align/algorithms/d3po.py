@@ -78,8 +78,6 @@ class D3PO(Algorithm):
             raise ValueError(f"d3po: min_margin must be ≥ 0, got {c.min_margin}")
         if c.steps_per_backward < 1 or not 0 <= c.clip < 1:
             raise ValueError("d3po: steps_per_backward must be ≥ 1 and clip in [0, 1)")
-        if c.reference not in ("initial", "sampler"):
-            raise ValueError(f"d3po: reference must be 'initial' or 'sampler', got {c.reference!r}")
         if c.reference == "sampler" and c.preference != "reward":
             raise ValueError(
                 "d3po: reference 'sampler' needs preference 'reward' (pairs sampled by the "

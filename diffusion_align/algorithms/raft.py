@@ -101,8 +101,6 @@ class RAFT(Algorithm):
             raise ValueError("raft: sft_batch_size must be ≥ 1 or null")
         if c.keep == "global" and not 0 < c.alpha <= 1:
             raise ValueError(f"raft: alpha must be in (0, 1], got {c.alpha}")
-        if c.sft_on not in ("latents", "images"):
-            raise ValueError(f"raft: sft_on must be 'latents' or 'images', got {c.sft_on!r}")
         if c.pretrain_weight < 0:
             raise ValueError(f"raft: pretrain_weight must be ≥ 0, got {c.pretrain_weight}")
 
