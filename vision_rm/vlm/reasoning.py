@@ -745,7 +745,13 @@ def run_study(out: str | Path, cfg: StudyConfig | None = None, progress: bool = 
     )  # fmt: skip
     save_tiny(backbone, processor, out / "policy_vlm")
     timings["sft_s"] = time.time() - t1
-    probe["policy_vlm"] = vision_probe(backbone, processor, seed=cfg.seed)
+
+    def probe_tower(model) -> float:  # a frozen tower reads as it did after pre-training
+        if cfg.freeze_vision:
+            return probe["vision_pretrained"]
+        return vision_probe(model, processor, seed=cfg.seed)
+
+    probe["policy_vlm"] = probe_tower(backbone)
 
     # -- PRM: step-level BCE on MC labels (core trainer, "steps" objective) -------------
     t1 = time.time()
@@ -758,7 +764,7 @@ def run_study(out: str | Path, cfg: StudyConfig | None = None, progress: bool = 
     prm_result = RewardModelTrainer(prm, prm_cfg, step_examples, None).train(resume=False)
     prm.eval()
     timings["prm_train_s"] = time.time() - t1
-    probe["prm"] = vision_probe(prm.backbone, processor, seed=cfg.seed)
+    probe["prm"] = probe_tower(prm.backbone)
 
     # -- ORM: Bradley-Terry on (correct, wrong) answers of one question -----------------
     t1 = time.time()
