@@ -133,6 +133,24 @@ def compute_loss(model: RewardModel, batch: CollatedBatch, cfg: TrainConfig) -> 
 
 
 @torch.no_grad()
+def pairwise_report(
+    forward, collate, examples: list[PreferenceExample], batch_size: int = 32
+) -> dict[str, float]:
+    """Preference accuracy of ``forward`` on pairwise ``examples`` (batches from ``collate``:
+    the A items, then the B items, then ``labels``), as floats."""
+    sa, sb, lab = [], [], []
+    for i in range(0, len(examples), batch_size):
+        batch = collate(examples[i : i + batch_size])
+        s = forward(batch.inputs).scores.float().cpu()
+        n = batch.labels.shape[0]
+        sa.append(s[:n])
+        sb.append(s[n:])
+        lab.append(batch.labels)
+    report = metrics.preference_accuracy_report(torch.cat(sa), torch.cat(sb), torch.cat(lab))
+    return {k: float(v) for k, v in report.items()}
+
+
+@torch.no_grad()
 def evaluate(
     model: RewardModel,
     examples: list[PreferenceExample],
@@ -149,18 +167,7 @@ def evaluate(
     model.eval()
     try:
         if objective == "pairwise":
-            sa, sb, lab = [], [], []
-            for i in range(0, len(examples), batch_size):
-                batch = collate(examples[i : i + batch_size])
-                s = forward(batch.inputs).scores.float().cpu()
-                n = batch.labels.shape[0]
-                sa.append(s[:n])
-                sb.append(s[n:])
-                lab.append(batch.labels)
-            report = metrics.preference_accuracy_report(
-                torch.cat(sa), torch.cat(sb), torch.cat(lab)
-            )
-            return {k: float(v) for k, v in report.items()}
+            return pairwise_report(forward, collate, examples, batch_size)
         if objective == "listwise":
             rhos = []
             for i in range(0, len(examples), batch_size):

@@ -23,10 +23,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from mmreward import metrics
 from mmreward.data import CollatedBatch, Collator, PreferenceExample, read_jsonl, stack_images
 from mmreward.interface import RewardModel
-from mmreward.train import RewardModelTrainer, TrainConfig
+from mmreward.train import RewardModelTrainer, TrainConfig, pairwise_report
 
 
 class ImagePreferenceCollator(Collator):
@@ -74,16 +73,7 @@ def evaluate_pairs(
     was_training = model.training
     model.eval()
     try:
-        sa, sb, lab = [], [], []
-        for i in range(0, len(examples), batch_size):
-            batch = collate(examples[i : i + batch_size])
-            s = forward(batch.inputs).scores.float().cpu()
-            n = batch.labels.shape[0]
-            sa.append(s[:n])
-            sb.append(s[n:])
-            lab.append(batch.labels)
-        report = metrics.preference_accuracy_report(torch.cat(sa), torch.cat(sb), torch.cat(lab))
-        return {k: float(v) for k, v in report.items()}
+        return pairwise_report(forward, collate, examples, batch_size)
     finally:
         model.train(was_training)
 
