@@ -148,6 +148,13 @@ def report_sections(results: dict[str, Any], out: Path) -> list:
                 row[f"{rew} Δ [95% CI]"] = (
                     f"{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
                 )
+        subs = [k for k in r if k.startswith("gold/")]
+        if subs:  # which part of the gold reward moved (paired Δ; * = significant)
+            row["gold sub-scores Δ"] = ", ".join(
+                f"{k[5:]} {r[k]['difference']['mean']:+.4f}"
+                + ("*" if r[k]["difference"]["significant"] else "")
+                for k in subs
+            )
         row["diversity before → after"] = (
             f"{r['diversity']['before']:.4f} → {r['diversity']['after']:.4f}"
         )

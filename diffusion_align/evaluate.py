@@ -115,18 +115,27 @@ def evaluate_policy(
     batch_size: int = 32,
     seed: int = 1234,
 ) -> EvalResult:
-    """Sample ``n_samples`` images (prompts cycled) and score them with every reward."""
-    from diffusion_align.algorithms.base import score_images
+    """Sample ``n_samples`` images (prompts cycled) and score them with every reward.
+
+    A reward with named sub-scores (e.g. the world's gold reward: digit, colour, …) also
+    contributes ``"<name>/<sub-score>"`` columns, so a before/after comparison shows which
+    part of the reward moved.
+    """
+    from mmreward.interface import RewardInput
 
     cycled = [prompts[i % len(prompts)] for i in range(n_samples)]
     images = generate(policy, cycled, sample_cfg, seed, batch_size)
-    scores = {}
+    scores: dict[str, Tensor] = {}
     for name, r in rewards.items():
-        cols = []
+        cols: dict[str, list[Tensor]] = {}
         for i in range(0, n_samples, batch_size):
-            batch = images[i : i + batch_size].to(policy.device)
-            cols.append(score_images([r], batch, cycled[i : i + batch_size])[:, 0].cpu())
-        scores[name] = torch.cat(cols)
+            batch = images[i : i + batch_size].to(r.device, r.dtype)
+            with torch.no_grad():
+                out = r(RewardInput(prompts=list(cycled[i : i + batch_size]), images=batch))
+            cols.setdefault(name, []).append(out.scores.float().cpu())
+            for sub, v in (out.sub_scores or {}).items():
+                cols.setdefault(f"{name}/{sub}", []).append(v.float().cpu())
+        scores.update({key: torch.cat(parts) for key, parts in cols.items()})
     return EvalResult(cycled, scores, images, diversity(images, cycled))
 
 

@@ -54,3 +54,25 @@ def test_efficacy_run_writes_json_and_report(tmp_path, monkeypatch) -> None:
     html = (tmp_path / "eff" / "report.html").read_text()
     assert "reward_curves.png" in html and "refl/after.png" in html
     assert "refl%40sharpness.laplacian/after.png" in html
+
+
+def test_evaluation_reports_gold_sub_scores() -> None:
+    import mmreward
+    from diffusion_align.config import SampleConfig
+    from diffusion_align.efficacy import compare
+    from diffusion_align.evaluate import evaluate_policy
+    from diffusion_align.policy import DiffusionPolicy
+    from mmreward.world.gold import WEIGHTS
+
+    policy = DiffusionPolicy.from_pretrained("tiny:sd")
+    prompts = ["a small red seven on a dark background", "a large blue one on a light background"]
+    gold = mmreward.load("gold.world")
+    res = evaluate_policy(policy, prompts, {"gold": gold}, SampleConfig(num_steps=2),
+                          n_samples=4, batch_size=3)  # fmt: skip
+    assert set(res.scores) == {"gold", *(f"gold/{k}" for k in WEIGHTS)}
+    # every attribute is named in these prompts: the score is the weighted mean of its parts
+    parts = sum(w * res.scores[f"gold/{k}"] for k, w in WEIGHTS.items())
+    torch.testing.assert_close(res.scores["gold"], parts / sum(WEIGHTS.values()))
+    cmp = compare(res, res)
+    assert cmp["gold/digit"]["difference"]["mean"] == 0.0
+    assert not cmp["gold/digit"]["difference"]["significant"]
