@@ -24,7 +24,7 @@ from diffusion_align.algorithms.grpo import GRPO, GRPOConfig, gaussian_mean_kl, 
 from diffusion_align.algorithms.raft import RAFT, RAFTConfig, select_kept
 from diffusion_align.config import SampleConfig, TrainConfig
 from diffusion_align.data import PromptBatch, PromptSource
-from diffusion_align.policy import DiffusionPolicy, LoraSpec
+from diffusion_align.policy import Conditioning, DiffusionPolicy, LoraSpec
 from diffusion_align.sampling import transition_log_prob
 from diffusion_align.tiny import tiny_pipeline
 from diffusion_align.trainer import AlignTrainer
@@ -189,6 +189,43 @@ def test_raft_sft_on_images_reencodes_the_kept_images(reward) -> None:
             assert len(calls) == 1 and torch.equal(calls[0], images[kept])
     with pytest.raises(ValueError, match="sft_on"):
         get_algorithm("raft").from_dict({"name": "raft", "sft_on": "pixels"}, SAMPLE, [reward])
+
+
+def test_raft_sft_guidance_fits_the_guided_prediction(reward) -> None:
+    policy = DiffusionPolicy(tiny_pipeline("sd"), lora=LoraSpec(rank=2))
+    batch = PromptBatch(PROMPTS[:2])
+    predict, noising = policy.predict, policy.noise_schedule()
+    add_noise = noising.add_noise
+    seen: list = []
+
+    def recording_predict(x, t, cond, guidance_scale=1.0, reference=False):
+        out = predict(x, t, cond, guidance_scale, reference)
+        if torch.is_grad_enabled():  # the fine-tuning forward, not the candidates' sampling
+            seen.append((x, t, cond, guidance_scale, out))
+        return out
+
+    def recording_add_noise(x0, noise, index):
+        res = add_noise(x0, noise, index)
+        seen.append(("target", res[2]))
+        return res
+
+    policy.predict, noising.add_noise = recording_predict, recording_add_noise
+    for guided in (False, True):
+        seen.clear()
+        algo = RAFT(RAFTConfig(samples_per_prompt=2, save_kept=False, sft_guidance=guided),
+                    SAMPLE, [reward])  # fmt: skip
+        loss, _ = next(iter(algo.losses(policy, batch, torch.Generator().manual_seed(0))))
+        (_, target), (x, t, cond, scale, out) = seen
+        assert scale == (SAMPLE.guidance_scale if guided else 1.0)
+        assert cond.has_negative() == guided
+        assert loss.item() == pytest.approx((out - target).pow(2).mean().item(), rel=1e-6)
+        if guided:  # ε_u + w (ε_c − ε_u), from two unguided forwards by hand
+            with torch.no_grad():
+                eps_c = predict(x, t, Conditioning(cond.embeds, cond.pooled, cond.time_ids))
+                eps_u = predict(x, t, Conditioning(cond.neg_embeds, cond.neg_pooled, cond.time_ids))
+            torch.testing.assert_close(
+                out.detach(), eps_u + SAMPLE.guidance_scale * (eps_c - eps_u), rtol=1e-5, atol=1e-5
+            )
 
 
 def test_bad_settings_are_refused(reward) -> None:

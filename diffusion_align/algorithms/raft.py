@@ -20,6 +20,16 @@ images), ``kept.json`` (prompts, kept rewards, every sample's reward, the indice
 and ``kept_latents.safetensors`` (the latents trained on). Reference defaults: K = 8
 (best-of-8), local ranking.
 
+With classifier-free guidance the candidates come from the *guided* sampler, but the
+plain objective fits them with the conditional prediction alone; at sampling time guidance
+then amplifies every change of the conditional prediction by the guidance scale, so the
+model drifts past its kept set (on the world, the fine-tuned models' samples change as the
+base model's do at a higher guidance scale: larger and sharper digits, fewer of the right
+class). ``sft_guidance: true`` regresses the guided prediction
+ε_u + w(ε_c − ε_u), with the sampler's w, onto the kept samples' targets: the policy that
+is fine-tuned is the one that samples (as DDPO trains with CFG). Off by default (the
+reference code fine-tunes the conditional model).
+
 Optionally, each fine-tuning minibatch adds ``pretrain_weight`` × the denoising loss on
 image-caption pairs (``data.pretrain``, e.g. ``world:train``), as ReFL's regulariser
 does: fine-tuning only on the model's own samples can reinforce their flaws (e.g. blur);
@@ -85,6 +95,7 @@ class RAFTConfig:
     save_kept: bool = True  # write raft/step_<N>/ (images, rewards, latents)
     pretrain_weight: float = 0.0  # denoising loss on data.pretrain per minibatch (0: off)
     sft_on: Literal["latents", "images"] = "latents"  # sampled latents, or VAE(images)
+    sft_guidance: bool = False  # fit the CFG-guided prediction (the sampler), not the conditional
 
 
 class RAFT(Algorithm):
@@ -156,15 +167,18 @@ class RAFT(Algorithm):
         else:
             kept_latents = latents[kept.to(latents.device)]
         kept_prompts = [prompts[i] for i in kept.tolist()]
-        cond = policy.encode_prompt(kept_prompts, guidance=False, height=self.sample.height,
-                                    width=self.sample.width)  # fmt: skip
+        guidance = self.sample.guidance_scale if c.sft_guidance else 1.0
+        cond = policy.encode_prompt(kept_prompts, guidance=guidance != 1.0,
+                                    height=self.sample.height, width=self.sample.width)  # fmt: skip
         mb = c.sft_batch_size or len(kept)
         for _ in range(c.sft_epochs):
             order = torch.randperm(len(kept), generator=generator)
             for start in range(0, len(kept), mb):
                 rows = order[start : start + mb]
                 x0 = kept_latents[rows.to(kept_latents.device)]
-                loss = latent_denoising_loss(policy, x0, cond.select(rows.tolist()), generator)
+                loss = latent_denoising_loss(
+                    policy, x0, cond.select(rows.tolist()), generator, guidance
+                )
                 if c.pretrain_weight > 0:
                     if batch.images is None:
                         raise ValueError(

@@ -86,10 +86,15 @@ def denoising_loss(
     )
 
 
-def latent_denoising_loss(policy, x0: Tensor, cond, generator: torch.Generator) -> Tensor:
+def latent_denoising_loss(
+    policy, x0: Tensor, cond, generator: torch.Generator, guidance_scale: float = 1.0
+) -> Tensor:
     """The pre-training objective on latents ``x0`` with conditioning ``cond``: noise them
-    at random training timesteps and regress the schedule's target (ε, v or velocity)."""
+    at random training timesteps and regress the schedule's target (ε, v or velocity).
+
+    ``guidance_scale`` ≠ 1 regresses the classifier-free-guided prediction (``cond``
+    encoded with its negative embeddings) instead of the conditional one."""
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     noising = policy.noise_schedule()
     x_t, t, target = noising.add_noise(x0, noise, noising.sample_indices(len(x0), generator))
-    return losses.denoising_loss(policy.predict(x_t, t, cond), target)
+    return losses.denoising_loss(policy.predict(x_t, t, cond, guidance_scale), target)
