@@ -76,3 +76,23 @@ def test_evaluation_reports_gold_sub_scores() -> None:
     cmp = compare(res, res)
     assert cmp["gold/digit"]["difference"]["mean"] == 0.0
     assert not cmp["gold/digit"]["difference"]["significant"]
+
+
+def test_evaluate_cli_scores_base_and_saved_runs(tmp_path, capsys) -> None:
+    from diffusion_align.evaluate import main
+    from diffusion_align.policy import DiffusionPolicy, LoraSpec
+
+    # fresh LoRA adapters start at zero: the saved run must score exactly like the base
+    DiffusionPolicy.from_pretrained("tiny:sd", lora=LoraSpec(rank=2)).save_pretrained(
+        tmp_path / "run"
+    )
+    argv = [str(tmp_path / "run"), "--model", "tiny:sd", "--samples", "3", "--steps", "2",
+            "--prompts", "world:test", "--json", str(tmp_path / "eval.json")]  # fmt: skip
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["model"] for r in rows] == ["tiny:sd", str(tmp_path / "run")]
+    assert rows[0]["gold"] == rows[1]["gold"] and "gold/digit" in rows[0]
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert [(r["model"], r["gold"]) for r in saved] == [(r["model"], r["gold"]) for r in rows]
+    with pytest.raises(SystemExit):
+        main(["--rewards", "gold"])
