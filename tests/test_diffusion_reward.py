@@ -207,6 +207,76 @@ def test_nll_bound_is_nonnegative_and_batch_independent(tiny_model):
     torch.testing.assert_close(full, alone, atol=1e-4, rtol=1e-5)
 
 
+# -- the bound along the sampler's own trajectory --------------------------------------------
+
+
+def test_trajectory_bound_by_hand_on_a_tiny_chain(tiny_model):
+    """Two strided steps (T = 20, skip 9: 19 → 9), arbitrary visited states and predictions:
+    L_T + coef·‖ε_19 − ε̂_19‖² + L_0 computed here with math/erf."""
+    torch.manual_seed(3)
+    x0 = quantize(torch.rand(1, 3, 8, 8) * 1.6 - 0.8)  # interior bins only
+    x19, p19, e9 = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)
+    ab9 = tiny_model.alphas_cumprod[9]
+    x9 = ab9.sqrt() * x0 + (1 - ab9).sqrt() * e9
+    p9 = e9 + 0.02 * torch.randn(1, 3, 8, 8)  # the decoder's mean lands near x0
+    assert tiny_model.timesteps(9) == [19, 9]
+    bits = tiny_model.trajectory_bound(x0, [(19, x19, p19), (9, x9, p9)]).item()
+    a = tiny_model.alphas_cumprod.double().tolist()
+    v0, vx19, vx9, vp19, vp9 = (t.double().flatten().tolist() for t in (x0, x19, x9, p19, p9))
+    d = len(v0)
+    prior = sum(0.5 * (-math.log(1 - a[19]) + (1 - a[19]) + a[19] * v * v - 1) for v in v0)
+    coef = (1 - a[19] / a[9]) / (2 * (a[19] / a[9]) * (1 - a[9]))
+    kl = coef * sum(
+        ((xt - math.sqrt(a[19]) * v) / math.sqrt(1 - a[19]) - p) ** 2
+        for v, xt, p in zip(v0, vx19, vp19)
+    )
+    sd = math.sqrt(1 - a[9])
+    decoder = 0.0
+    for v, xt, p in zip(v0, vx9, vp9):
+        mean = (xt - sd * p) / math.sqrt(a[9])
+        cdf = lambda z: 0.5 * (1 + math.erf(z / (sd * math.sqrt(2))))  # noqa: E731
+        decoder -= math.log(cdf(v - mean + 1 / 255) - cdf(v - mean - 1 / 255))
+    expected = (prior + kl + decoder) / (d * math.log(2))
+    assert bits == pytest.approx(expected, rel=2e-3)
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_trajectory_bound_of_an_oracle_equals_the_renoised_bound(tiny_model, noise):
+    """An oracle points at x0 from every state: all KL terms vanish on any chain, so the
+    bound along the sampler's chain is L_T + L_0, the same as at fresh noisings."""
+    target = quantize(torch.rand(2, 3, 8, 8) * 1.6 - 0.8)
+    _oracle(tiny_model, target)
+    h = torch.zeros(2, 2, 3, 8, 8)
+    gen = torch.Generator().manual_seed(1)
+    x, visited = tiny_model.sample(h, skip=4, noise=noise, generator=gen, return_trajectory=True)
+    assert [t for t, _, _ in visited] == tiny_model.timesteps(4)
+    torch.testing.assert_close(x, target, atol=1e-5, rtol=0)
+    along = tiny_model.trajectory_bound(x, visited)
+    torch.testing.assert_close(along, tiny_model.nll_bound(x, h, skip=4), rtol=1e-4, atol=1e-4)
+
+
+def test_trajectory_rewards_reuse_the_sampler_and_stay_deterministic(tiny_model):
+    videos = torch.rand(2, 5, 3, 8, 8)
+    kw = {"skip": 4, "noise": False, "bound": "trajectory"}
+    a = frame_rewards(tiny_model, videos, **kw)
+    torch.manual_seed(7)
+    assert torch.equal(a, frame_rewards(tiny_model, videos, **kw))
+    torch.testing.assert_close(a[1:], frame_rewards(tiny_model, videos[1:], batch_size=3, **kw))
+    assert not torch.allclose(a, frame_rewards(tiny_model, videos, skip=4, noise=False))
+    # the same sample as without the trajectory; the reward is its bound along the chain
+    h = history_windows(tiny_model.to_model_space(videos), 2)[0]
+    gen1, gen2 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    x, visited = tiny_model.sample(h, skip=4, generator=gen1, shared=1, return_trajectory=True)
+    assert torch.equal(x, tiny_model.sample(h, skip=4, generator=gen2, shared=1))
+    gen3 = torch.Generator().manual_seed(2)
+    ce = conditional_entropy(tiny_model, h, skip=4, generator=gen3, bound="trajectory")
+    torch.testing.assert_close(ce, tiny_model.trajectory_bound(x, visited))
+    with pytest.raises(ValueError, match="bound: expected one of"):
+        frame_rewards(tiny_model, videos, bound="fresh")
+    with pytest.raises(ValueError, match="trajectory: expected steps noisiest first"):
+        tiny_model.trajectory_bound(x, visited[::-1])
+
+
 # -- per-frame rewards -----------------------------------------------------------------------
 
 
@@ -425,6 +495,8 @@ def test_wrapper_input_errors():
         rm(videos=torch.rand(1, 3, 3, 8, 8), extras={"sparse_rewards": torch.zeros(1, 7)})
     with pytest.raises(ValueError, match="rnd_bonus: required when alpha > 0"):
         _tiny_reward(alpha=0.95)
+    with pytest.raises(ValueError, match="bound: expected one of"):
+        _tiny_reward(bound="along")
 
 
 def test_wrapper_with_rnd_combines_and_updates():
@@ -513,6 +585,12 @@ def test_train_script_writes_a_loadable_folder(tmp_path):
     rm = load_diffusion_reward(out, skip=49)
     assert rm.stats is not None and "world" in rm.stats.domains and len(rm.stats.domains) == 7
     assert rm(videos=torch.rand(1, 3, 3, 8, 8)).scores.shape == (1,)
+    # the statistics again, along the sampler's chain: recorded with their options
+    stats_args = "--stats-clips 2 --frames 4 --skip 9 --bound trajectory --stats-only"
+    again = main([*stats_args.split(" "), "--out", str(out)])
+    assert again["stats_options"]["bound"] == "trajectory"
+    assert json.loads((out / "train.json").read_text())["stats_options"]["bound"] == "trajectory"
+    assert again["stats"]["world"]["mean"] != summary["stats"]["world"]["mean"]
 
 
 # -- the committed world model ---------------------------------------------------------------

@@ -32,6 +32,9 @@ from torch import Tensor
 from mmreward.errors import InputError
 from video.diffusion_reward.model import ConditionalFrameDiffusion
 
+#: where the bound of a sample is evaluated (:func:`conditional_entropy`'s ``bound``)
+BOUNDS = ("renoise", "trajectory")
+
 
 def history_windows(frames: Tensor, k: int) -> Tensor:
     """All length-``k`` windows of ``(B,T,C,H,W)`` frames: ``(B, T−k+1, k, C, H, W)``.
@@ -64,23 +67,40 @@ def conditional_entropy(
     noise: bool = True,
     seed: int = 0,
     generator: torch.Generator | None = None,
+    bound: str = "renoise",
 ) -> Tensor:
     """Ĥ[p_θ(x | h)] in bits/dim for histories ``(N,k,3,r,r)`` in model space, ``(N,)``.
 
     Draws ``num_samples`` samples x̂ per history (:meth:`ConditionalFrameDiffusion.sample`
     with ``skip`` and ``noise``; the noise is shared across histories, one draw per sample
-    index: common random numbers) and averages their negative ELBO
-    (:meth:`ConditionalFrameDiffusion.nll_bound` on the same strided steps, with ``seed``).
+    index: common random numbers) and averages their negative ELBO on the same strided
+    steps. ``bound="renoise"`` evaluates it at fresh noisings of x̂
+    (:meth:`~ConditionalFrameDiffusion.nll_bound`, ε from ``seed``; 2× the sampler's UNet
+    passes); ``bound="trajectory"`` at the states the sampler visited while generating x̂
+    (:meth:`~ConditionalFrameDiffusion.trajectory_bound`; no extra UNet pass, ``seed``
+    unused).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples: expected ≥ 1, got {num_samples}")
+    check_bound(bound)
     n = history.shape[0]
     h = history.repeat_interleave(num_samples, dim=0) if num_samples > 1 else history
     # the sampler's noise is shared across histories (one draw per sample index), so a
     # frame's reward does not depend on the batch it is scored in
-    x_hat = model.sample(h, skip=skip, noise=noise, generator=generator, shared=num_samples)
-    bits = model.nll_bound(x_hat, h, skip=skip, seed=seed)
+    kw = {"skip": skip, "noise": noise, "generator": generator, "shared": num_samples}
+    if bound == "trajectory":
+        x_hat, visited = model.sample(h, return_trajectory=True, **kw)
+        bits = model.trajectory_bound(x_hat, visited)
+    else:
+        bits = model.nll_bound(model.sample(h, **kw), h, skip=skip, seed=seed)
     return bits.view(n, num_samples).mean(1)
+
+
+def check_bound(bound: str) -> str:
+    """``bound`` if it is one of :data:`BOUNDS`, else a ``ValueError`` naming the field."""
+    if bound not in BOUNDS:
+        raise ValueError(f"bound: expected one of {list(BOUNDS)}, got {bound!r}")
+    return bound
 
 
 @torch.no_grad()
@@ -94,6 +114,7 @@ def frame_rewards(
     generator: torch.Generator | None = None,
     batch_size: int = 256,
     progress: bool = False,
+    bound: str = "renoise",
 ) -> Tensor:
     """Per-frame rewards r_t = −Ĥ[p_θ(x_{t+1} | x_{t−k+1..t})] of ``(B,T,3,H,W)`` videos in
     [0,1], as a ``(B,T)`` tensor (frames ``t < k−1`` repeat the reward of frame ``k−1``).
@@ -110,9 +131,12 @@ def frame_rewards(
             seeded generator a frame's reward depends neither on the batch nor on
             ``batch_size``.
         batch_size: histories per forward pass.
+        bound: ``"renoise"`` (the bound at fresh noisings of each sample) or
+            ``"trajectory"`` (along the sampler's own chain), see :func:`conditional_entropy`.
     """
     from tqdm.auto import tqdm
 
+    check_bound(bound)
     k = model.config.history
     x = model.to_model_space(videos)
     windows = history_windows(x, k)  # (B, W, k, 3, r, r)
@@ -127,7 +151,7 @@ def frame_rewards(
         if state is not None:
             generator.set_state(state)
         h = conditional_entropy(
-            model, flat[part], skip, num_samples, noise, seed, generator=generator
+            model, flat[part], skip, num_samples, noise, seed, generator=generator, bound=bound
         )
         out.append(-h)
         bar.update(part.stop - part.start)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mmreward.report import plot_curves, plot_score_histograms, write_json
+from video.diffusion_reward.entropy import BOUNDS
 from video.diffusion_reward.reward import load_diffusion_reward
 from video.diffusion_reward.train import task_domain, world_clips
 
@@ -106,7 +107,9 @@ def evaluate(
         "seconds": round(seconds, 1),
         "frames_per_second": round(2 * clips * frames / seconds, 1),
         "mean_score": {k: float(np.mean(v)) for k, v in scores.items()},
-        "options": {k: rm.init_kwargs[k] for k in ("skip", "num_samples", "noise", "seed")},
+        "options": {
+            k: rm.init_kwargs[k] for k in ("skip", "num_samples", "noise", "seed", "bound")
+        },
         "stats": rm.init_kwargs["stats"],
     }
     # separation per non-expert style, against all experts
@@ -145,6 +148,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--skip", type=int, default=19, help="denoising steps skipped")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--noise", choices=["on", "off"], default="on")
+    p.add_argument(
+        "--bound",
+        choices=list(BOUNDS),
+        default="renoise",
+        help="bound at fresh noisings of each sample or along the sampler's chain",
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
@@ -159,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         skip=args.skip,
         num_samples=args.num_samples,
         noise=args.noise == "on",
+        bound=args.bound,
     )
     out: Path = args.out
     per_frame, videos = res.pop("_per_frame"), res.pop("_videos")

@@ -15,7 +15,9 @@ Three operations matter for the reward:
   strided subset of the timesteps (``skip``), stochastic (η = 1) or deterministic (η = 0,
   x_T = 0);
 - :meth:`ConditionalFrameDiffusion.nll_bound` — the variational bound
-  L = L_T + Σ_{t≥1} L_{t−1} + L_0 (Ho et al. eq. 5) of a frame, in bits per dimension.
+  L = L_T + Σ_{t≥1} L_{t−1} + L_0 (Ho et al. eq. 5) of a frame, in bits per dimension;
+  :meth:`ConditionalFrameDiffusion.trajectory_bound` evaluates the same terms at the states
+  the sampler visited while generating the frame.
 
 Frames enter in [0,1] with layout ``(..., 3, H, W)``; they are resized (bilinear,
 antialiased) to the model's resolution and mapped to [−1, 1] inside.
@@ -275,7 +277,8 @@ class ConditionalFrameDiffusion(nn.Module):
         noise: bool = True,
         generator: torch.Generator | None = None,
         shared: int = 0,
-    ) -> Tensor:
+        return_trajectory: bool = False,
+    ) -> Tensor | tuple[Tensor, list[tuple[int, Tensor, Tensor]]]:
         """Sample x̂ ~ p_θ(x | h) with DDIM on :meth:`timesteps` (Song et al. 2021, eq. 12).
 
         ``noise=True``: x_T ~ N(0, I) and η = 1 (ancestral, a fresh ε each step, drawn from
@@ -287,6 +290,10 @@ class ConditionalFrameDiffusion(nn.Module):
         ``shared = S > 0`` draws only S noise tensors per step and tiles them over the batch
         (item i gets draw i mod S; N must be a multiple of S): common random numbers, so an
         item's sample does not depend on the rest of the batch.
+
+        ``return_trajectory=True`` also returns the chain the sampler visited, noisiest
+        first: ``[(t, x_t, ε_θ(x_t, t, h)), …]`` with the UNet's own (unclipped) ε, one entry
+        per strided step; :meth:`trajectory_bound` scores the sample along it.
         """
         h = history
         n, r = h.shape[0], self.config.resolution
@@ -303,18 +310,21 @@ class ConditionalFrameDiffusion(nn.Module):
         x = randn() if noise else h.new_zeros(shape)
         steps = self.timesteps(skip)
         eta = 1.0 if noise else 0.0
+        visited: list[tuple[int, Tensor, Tensor]] = []
         for i, t in enumerate(steps):
             prev = steps[i + 1] if i + 1 < len(steps) else -1
             a_t = self.alphas_cumprod[t]
             a_prev = self.alphas_cumprod[prev] if prev >= 0 else a_t.new_tensor(1.0)
             eps = self.eps(x, torch.full((n,), t, device=h.device, dtype=torch.long), h)
+            if return_trajectory:
+                visited.append((t, x, eps))
             x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
             eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()  # consistent with the clipped x0
             sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
             x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
             if eta > 0 and prev >= 0:
                 x = x + sigma * randn()
-        return quantize(x)
+        return (quantize(x), visited) if return_trajectory else quantize(x)
 
     # -- the variational bound -------------------------------------------------------
     @torch.no_grad()
@@ -353,25 +363,70 @@ class ConditionalFrameDiffusion(nn.Module):
             tt = torch.full((n,), t, device=x0.device, dtype=torch.long)
             return x_t, eps, self.eps(x_t, tt, history)
 
-        # L_T (prior term), nats summed over dimensions
-        a_last = a_bar[taus[-1]]
-        mean_sq = (a_last * x0**2).flatten(1).sum(1)
-        total = 0.5 * (dims * (-torch.log(1 - a_last) + (1 - a_last) - 1) + mean_sq)
-
+        total = self._prior_nats(x0, taus[-1])
         # Σ L_i over consecutive strided steps (s, t)
         for s, t in zip(taus[:-1], taus[1:]):
             _, eps, pred = noised(t)
-            alpha_ts = a_bar[t] / a_bar[s]
-            coef = (1 - alpha_ts) / (2 * alpha_ts * (1 - a_bar[s]))
-            total = total + coef * (eps - pred).pow(2).flatten(1).sum(1)
-
+            total = total + self._kl_coef(s, t) * (eps - pred).pow(2).flatten(1).sum(1)
         # L_0: discretised Gaussian decoder from x_{τ_1}
-        t1 = taus[0]
-        x_t1, _, pred = noised(t1)
-        mean = (x_t1 - (1 - a_bar[t1]).sqrt() * pred) / a_bar[t1].sqrt()  # x̂_0
-        decoder = -discretized_gaussian_log_likelihood(x0, mean, torch.log(1 - a_bar[t1]))
-        total = total + decoder.flatten(1).sum(1)
+        x_t1, _, pred = noised(taus[0])
+        total = total + self._decoder_nats(x0, x_t1, pred, taus[0])
         return total / (dims * _LOG2)
+
+    @torch.no_grad()
+    def trajectory_bound(self, x0: Tensor, trajectory: list[tuple[int, Tensor, Tensor]]) -> Tensor:
+        """The bound of :meth:`nll_bound`, in bits/dim ``(N,)``, with its terms evaluated at
+        the states the sampler visited while generating ``x0`` instead of at fresh
+        re-noisings of ``x0``.
+
+        ``trajectory`` is :meth:`sample`'s ``[(t, x_t, ε_θ(x_t, t, h)), …]`` (noisiest
+        first, the strided steps τ_S > … > τ_1). For each visited x_t let
+        ε_t = (x_t − √ᾱ_t x0)/√(1−ᾱ_t), the noise that takes ``x0`` to x_t; then
+
+            L = L_T + Σ_{i≥2} β_{t|s} / (2 α_{t|s} (1−ᾱ_s)) ‖ε_t − ε_θ(x_t, t)‖² + L_0,
+
+        (s = τ_{i−1}, t = τ_i), L_0 the discretised Gaussian of ``x0`` around the x̂_0
+        predicted at the visited x_{τ_1}. Each KL term is exactly
+        KL(q(x_s | x_t, x0) ‖ p_θ(x_s | x_t)) at the visited x_t, so a term is the
+        distance between where the model pointed at step t and where the sample ended up:
+        a model that commits early (confident) pays little, one whose sample wanders away
+        from its early predictions pays much. The sampler already computed every ε_θ, so
+        no UNet pass is needed.
+        """
+        if not trajectory:
+            raise ValueError("trajectory: expected the sampler's visited steps, got none")
+        dims = x0[0].numel()
+        a_bar = self.alphas_cumprod
+        steps = [t for t, _, _ in trajectory]
+        if steps != sorted(steps, reverse=True):
+            raise ValueError(f"trajectory: expected steps noisiest first, got {steps}")
+        total = self._prior_nats(x0, steps[0])
+        for (t, x_t, pred), (s, _, _) in zip(trajectory[:-1], trajectory[1:]):
+            eps = (x_t - a_bar[t].sqrt() * x0) / (1 - a_bar[t]).sqrt()
+            total = total + self._kl_coef(s, t) * (eps - pred).pow(2).flatten(1).sum(1)
+        t1, x_t1, pred = trajectory[-1]
+        total = total + self._decoder_nats(x0, x_t1, pred, t1)
+        return total / (dims * _LOG2)
+
+    def _prior_nats(self, x0: Tensor, t: int) -> Tensor:
+        """L_T = KL(q(x_t | x0) ‖ N(0, I)), nats summed over dimensions."""
+        a = self.alphas_cumprod[t]
+        dims = x0[0].numel()
+        mean_sq = (a * x0**2).flatten(1).sum(1)
+        return 0.5 * (dims * (-torch.log(1 - a) + (1 - a) - 1) + mean_sq)
+
+    def _kl_coef(self, s: int, t: int) -> Tensor:
+        """β_{t|s} / (2 α_{t|s} (1−ᾱ_s)): the KL of one strided step per unit ‖ε − ε_θ‖²."""
+        a_bar = self.alphas_cumprod
+        alpha_ts = a_bar[t] / a_bar[s]
+        return (1 - alpha_ts) / (2 * alpha_ts * (1 - a_bar[s]))
+
+    def _decoder_nats(self, x0: Tensor, x_t1: Tensor, pred: Tensor, t1: int) -> Tensor:
+        """L_0 = −log p_θ(x0 | x_{τ_1}): discretised Gaussian around x̂_0, variance 1 − ᾱ_{τ_1}."""
+        a = self.alphas_cumprod[t1]
+        mean = (x_t1 - (1 - a).sqrt() * pred) / a.sqrt()  # x̂_0
+        decoder = -discretized_gaussian_log_likelihood(x0, mean, torch.log(1 - a))
+        return decoder.flatten(1).sum(1)
 
     # -- persistence -----------------------------------------------------------------
     def save(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:

@@ -34,7 +34,7 @@ from torch import Tensor
 from mmreward.checkpoint import load_state_dict_strict, read_state_dict
 from mmreward.errors import InputError, WeightsNotFoundError
 from mmreward.interface import RewardInput, RewardModel, RewardOutput
-from video.diffusion_reward.entropy import frame_rewards
+from video.diffusion_reward.entropy import check_bound, frame_rewards
 from video.diffusion_reward.model import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -65,7 +65,7 @@ class DiffusionReward(RewardModel):
         domain: which table entry standardises the rewards (checked at construction).
         alpha: exploration weight α in [0, 1]; α > 0 needs ``rnd=True``.
         rnd: attach an :class:`RND` module (bool, or a dict of its options).
-        skip, num_samples, noise: the entropy estimator's options
+        skip, num_samples, noise, bound: the entropy estimator's options
             (:func:`~video.diffusion_reward.entropy.frame_rewards`).
         seed: seeds the sampler's noise (each call) and the bound's ε.
         batch_size: frames per forward pass.
@@ -86,6 +86,7 @@ class DiffusionReward(RewardModel):
         noise: bool = True,
         seed: int = 0,
         batch_size: int = 256,
+        bound: str = "renoise",
     ) -> None:
         super().__init__()
         self.reward_name = WORLD_NAME  # the one registered architecture (rebuilds any config)
@@ -110,6 +111,7 @@ class DiffusionReward(RewardModel):
             raise ValueError(f"num_samples: expected ≥ 1, got {num_samples}")
         self.skip, self.num_samples, self.noise = int(skip), int(num_samples), bool(noise)
         self.seed, self.batch_size = int(seed), int(batch_size)
+        self.bound = check_bound(bound)
         self.native_resolution = (cfg.resolution, cfg.resolution)
         self.init_kwargs = {
             "config": cfg.to_dict(),
@@ -122,6 +124,7 @@ class DiffusionReward(RewardModel):
             "noise": self.noise,
             "seed": self.seed,
             "batch_size": self.batch_size,
+            "bound": self.bound,
         }
 
     @property
@@ -143,6 +146,7 @@ class DiffusionReward(RewardModel):
             seed=self.seed,
             generator=gen,
             batch_size=self.batch_size,
+            bound=self.bound,
         )
         ce = self._standardize(raw, batch.extras.get("domains"))
         bonus = None

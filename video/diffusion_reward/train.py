@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mmreward.report import plot_curves, write_json, write_jsonl
-from video.diffusion_reward.entropy import frame_rewards
+from video.diffusion_reward.entropy import BOUNDS, frame_rewards
 from video.diffusion_reward.model import ConditionalFrameDiffusion, DiffusionRewardConfig
 from video.diffusion_reward.reward import WORLD_DOMAIN
 from video.diffusion_reward.standardize import STATS_FILE, RewardStats
@@ -153,6 +153,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--skip", type=int, default=19, help="statistics: denoising steps skipped")
     p.add_argument("--noise", choices=["on", "off"], default="on", help="statistics: sampling")
+    p.add_argument("--num-samples", type=int, default=1, help="statistics: samples per reward")
+    p.add_argument(
+        "--bound",
+        choices=list(BOUNDS),
+        default="renoise",
+        help="statistics: bound at fresh noisings of each sample or along the sampler's chain",
+    )
     p.add_argument(
         "--stats-only",
         action="store_true",
@@ -223,7 +230,13 @@ def _write_stats(model: ConditionalFrameDiffusion, args: argparse.Namespace):
     as the paper standardises per task."""
     from video.world import MOTIONS
 
-    options = {"skip": args.skip, "noise": args.noise == "on", "seed": 0}
+    options = {
+        "skip": args.skip,
+        "noise": args.noise == "on",
+        "seed": 0,
+        "num_samples": args.num_samples,
+        "bound": args.bound,
+    }
     stats = RewardStats()
     per_task = max(2, args.stats_clips // len(MOTIONS))
     everything = []
