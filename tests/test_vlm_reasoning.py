@@ -156,6 +156,11 @@ def test_within_question_auc_by_hand():
     assert within_question_auc(correct, scores) == pytest.approx((1 + 1) / 4)
     assert within_question_auc(correct, -scores) == pytest.approx((1 + 1) / 4)
     assert within_question_auc(correct[:2], np.array([[1, 0, 0], [2, 2, 0]])) == 1.0
+    # only the marked wrong candidates: q1 keeps 0.9 (a loss), q2 keeps nothing marked
+    mask = np.array([[0, 1, 0], [0, 0, 0], [0, 0, 0]], dtype=bool)
+    assert within_question_auc(correct, scores, mask) == 0.0
+    with pytest.raises(ValueError, match="wrong_mask"):
+        within_question_auc(correct, scores, mask[:2])
     assert np.isnan(within_question_auc(correct[2:], scores[2:]))
     with pytest.raises(ValueError, match="scores"):
         within_question_auc(correct, scores[:, :2])
@@ -179,3 +184,74 @@ def test_vision_pretraining_makes_the_tower_read_held_out_digits():
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.1
     assert before < 0.15  # a random tower: chance level
     assert after > before + 0.1  # test-split scans, unseen in pre-training
+
+
+def test_binary_auc_and_gold_solution_by_hand():
+    from vision_rm.vlm.reasoning import binary_auc, gold_solution
+
+    # positives 0.9, 0.4; negatives 0.5, 0.4 → (1 + 1 + 0 + ½) / 4
+    assert binary_auc([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.4]) == pytest.approx(2.5 / 4)
+    assert np.isnan(binary_auc([1, 1], [0.2, 0.3]))
+    (it,) = make_items(1, "test", seed=0)
+    it.kind, it.left, it.right = "compare", 2, 2
+    assert gold_solution(it) == [
+        "The left digit is 2.",
+        "The right digit is 2.",
+        "2 equals 2.",
+        "The answer is equal.",
+    ]
+    assert step_truth(it, gold_solution(it)) == [1, 1, 1, 1]
+
+
+def test_alignment_trains_merger_and_lm_only_and_reading_accuracy():
+    from vision_rm.vlm.reasoning import align_reading, reading_accuracy
+    from vision_rm.vlm.tiny import build_tiny_qwen2vl
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, processor = build_tiny_qwen2vl(seed=0, **STUDY_ARCH)
+        model.model.visual.requires_grad_(False)
+        flags = {k: p.requires_grad for k, p in model.named_parameters()}
+        before = {k: p.detach().clone() for k, p in model.named_parameters()}
+        items = make_items(64, "train", seed=9)
+        losses = align_reading(model, processor, items, steps=12, batch_size=8, progress=False)
+        held_out = make_items(40, "test", seed=9)
+        acc = reading_accuracy(model, processor, held_out, batch_size=16)
+        acc_shuffled = reading_accuracy(model, processor, held_out, batch_size=16, shuffle=True)
+    finally:
+        torch.set_num_threads(n)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3  # the caption template is learnt
+    assert {k: p.requires_grad for k, p in model.named_parameters()} == flags  # restored
+    changed = {k for k, p in model.named_parameters() if not torch.equal(p, before[k])}
+    assert any(k.startswith("model.visual.merger") for k in changed)
+    assert any(k.startswith("model.language_model") for k in changed)
+    assert not any(k.startswith("model.visual.blocks") for k in changed)  # tower stays
+    for a in (acc, acc_shuffled):
+        assert set(a) == {"left", "right", "both_mean"} and 0 <= a["left"] <= 1
+        assert a["both_mean"] == pytest.approx((a["left"] + a["right"]) / 2)
+
+
+def test_command_line_maps_onto_the_study_config():
+    from vision_rm.vlm.reasoning import StudyConfig, parse_args
+
+    args, cfg = parse_args(["--out", "x"])
+    assert cfg == StudyConfig() and args.out == "x" and args.threads == 1
+    assert cfg.align_steps > 0 and cfg.train_items * cfg.samples_per_item == 24000
+    _, cfg = parse_args(
+        [
+            "--out",
+            "x",
+            "--align-steps",
+            "0",
+            "--no-hard-labels",
+            "--ns",
+            "2",
+            "4",
+            "--rm-lr",
+            "1e-3",
+        ]
+    )
+    assert (cfg.align_steps, cfg.hard_labels, cfg.ns, cfg.rm_lr) == (0, False, (2, 4), 1e-3)
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--align-steps", "many"])

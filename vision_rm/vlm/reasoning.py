@@ -19,14 +19,17 @@ the statement true about the image?), and the policy can continue any prefix, wh
 Monte-Carlo labeller (:mod:`vision_rm.vlm.mc_label`) needs.
 
 ``python -m vision_rm.vlm.reasoning --out DIR`` runs the whole study on CPU: pre-train the
-vision tower of a tiny Qwen2-VL on digits, warm-start it on correct solutions, train a
+vision tower of a tiny Qwen2-VL on digits, align its language side to name the digits it
+sees (a caption stage, as LLaVA's first stage), warm-start it on correct solutions, train a
 VisualPRM on Monte-Carlo step labels and an outcome RM on correct-vs-wrong pairs (both
 with the core trainer), then measure on held-out images the accuracy of a single sample,
 majority vote, ORM-BoN, PRM-BoN (each aggregator) and reward-weighted voting at
 N = 4, 8, 16, the PRM's step F1 on held-out labelled solutions (VisualProcessBench
-format), a linear digit probe of the vision tower and a shuffled-image control
-(within-question AUC with every question scored on another question's image). Written: ``DIR/figures.json``, ``DIR/bon_accuracy.png``, ``DIR/pool.jsonl``
-(every scored candidate), ``DIR/process_bench_eval/`` and the trained models.
+format), a linear digit probe of the vision tower, how often the language side names the
+digits (:func:`reading_accuracy`) and a shuffled-image control (within-question AUC with
+every question scored on another question's image). Written: ``DIR/figures.json``,
+``DIR/bon_accuracy.png``, ``DIR/pool.jsonl`` (every scored candidate),
+``DIR/process_bench_eval/`` and the trained models.
 
 >>> items = make_items(2, split="test", seed=0)
 >>> items[0].image.shape
@@ -381,20 +384,32 @@ def selection_accuracy(
     return {k: v / (q * draws) for k, v in totals.items()}
 
 
-def within_question_auc(correct: np.ndarray, scores: np.ndarray) -> float:
+def binary_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """P(a positive outscores a negative), ties count ½ (NaN without both classes)."""
+    labels = np.asarray(labels, dtype=bool)
+    return within_question_auc(labels[None], np.asarray(scores, dtype=float)[None])
+
+
+def within_question_auc(
+    correct: np.ndarray, scores: np.ndarray, wrong_mask: np.ndarray | None = None
+) -> float:
     """P(a correct candidate outscores a wrong one of the same question), ties count ½.
 
     Pooled over the (correct, wrong) pairs of every question of ``correct`` / ``scores``
     ``(Q, P)``; questions whose candidates are all right or all wrong have no pair. NaN
-    when no question has one.
+    when no question has one. ``wrong_mask`` ``(Q, P)`` keeps only the wrong candidates
+    it marks (e.g. those with a misread digit).
     """
     correct = np.asarray(correct, dtype=bool)
     scores = np.asarray(scores, dtype=float)
     if correct.shape != scores.shape:
         raise ValueError(f"scores: expected shape {correct.shape}, got {scores.shape}")
+    keep = np.ones_like(correct) if wrong_mask is None else np.asarray(wrong_mask, dtype=bool)
+    if keep.shape != correct.shape:
+        raise ValueError(f"wrong_mask: expected shape {correct.shape}, got {keep.shape}")
     wins = pairs = 0.0
-    for c, s in zip(correct, scores):
-        d = s[c][:, None] - s[~c][None, :]
+    for c, s, m in zip(correct, scores, keep):
+        d = s[c][:, None] - s[~c & m][None, :]
         wins += float((d > 0).sum() + 0.5 * (d == 0).sum())
         pairs += d.size
     return wins / pairs if pairs else float("nan")
@@ -511,6 +526,16 @@ def _assistant_start(input_ids: Tensor, header: list[int]) -> Tensor:
     return last + len(header)
 
 
+def gold_solution(item: ReasoningItem) -> list[str]:
+    """The correct four-step solution of ``item`` (what SFT teaches)."""
+    result = str(item.left + item.right) if item.kind == "sum" else relation(item.left, item.right)
+    return solution_steps(item.kind, item.left, item.right, result, item.answer)
+
+
+#: The alignment stage's instruction (image → the two digit readings).
+READ_PROMPT = "Read the two digits in the image."
+
+
 def sft_warm_start(
     model,
     processor,
@@ -522,26 +547,37 @@ def sft_warm_start(
     lr: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
+    prompt: str | None = None,
+    decay: bool = False,
+    desc: str = "warm start (SFT)",
 ) -> list[float]:
     """Teach the tiny VLM to answer: LM loss on the answer tokens of correct solutions.
 
-    The stand-in for the pretrained instruction-tuned VLM a real PRM starts from. Returns
-    the loss per step.
+    The stand-in for the pretrained instruction-tuned VLM a real PRM starts from: AdamW on
+    the parameters that require grad, linear decay to 0 when ``decay``; ``prompt``
+    replaces every item's question (the alignment stage's instruction). Returns the loss
+    per step.
     """
     from tqdm.auto import tqdm
 
     from vision_rm.vlm.backbone import assistant_header_ids, encode_chats, user_content
 
+    if len(solutions) != len(items):
+        raise ValueError(f"solutions: expected {len(items)} (one per item), got {len(solutions)}")
     header = assistant_header_ids(processor)
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, (lambda k: 1.0 - k / steps) if decay else (lambda k: 1.0)
+    )
     model.train()
     history = []
-    for _ in tqdm(range(steps), desc="warm start (SFT)", disable=not progress):
+    for _ in tqdm(range(steps), desc=desc, disable=not progress):
         idx = torch.randint(len(items), (batch_size,), generator=g).tolist()
         convs = [
             [
-                {"role": "user", "content": user_content(items[i].question, image=True)},
+                {"role": "user", "content": user_content(prompt or items[i].question, image=True)},
                 {"role": "assistant", "content": "\n\n".join(solutions[i])},
             ]
             for i in idx
@@ -554,12 +590,97 @@ def sft_warm_start(
         labels[(positions[None] < start[:, None]) | (enc["attention_mask"] == 0)] = -100
         loss = model(**enc, labels=labels, use_cache=False).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        sched.step()
         opt.zero_grad()
         history.append(loss.item())
     model.eval()
     return history
+
+
+def align_reading(
+    model,
+    processor,
+    items: Sequence[ReasoningItem],
+    *,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Alignment stage (as LLaVA's first stage): image → caption naming the two digits.
+
+    The vision tower's blocks stay frozen; the merger (Qwen2-VL's projector) and the
+    language model learn to name what the tower sees: LM loss on "The left digit is a." /
+    "The right digit is b." after :data:`READ_PROMPT`, on renders of training-split scans
+    (the digits of the renders, no step labels). Linear decay of the learning rate.
+    Returns the loss per step.
+    """
+    visual = model.model.visual
+    saved = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.requires_grad_(True)
+    visual.requires_grad_(False)
+    visual.merger.requires_grad_(True)
+    try:
+        captions = [gold_solution(it)[:2] for it in items]
+        return sft_warm_start(
+            model, processor, items, captions, steps=steps, batch_size=batch_size, lr=lr,
+            seed=seed, progress=progress, prompt=READ_PROMPT, decay=True, desc="alignment",
+        )  # fmt: skip
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved[n])
+
+
+@torch.no_grad()
+def reading_accuracy(
+    model, processor, items: Sequence[ReasoningItem], batch_size: int = 64, shuffle: bool = False
+) -> dict[str, float]:
+    """How often the VLM names each digit right, teacher-forced on the gold solution.
+
+    At the position that predicts the digit of "The left digit is _" (and of the right
+    one) the argmax over the ten digit tokens is compared with the image's digit;
+    ``shuffle`` shows every question the next question's image (the prior-only control).
+    """
+    from vision_rm.vlm.backbone import assistant_header_ids, encode_chats, user_content
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    digit_ids = []
+    for d in range(10):
+        ids = tokenizer.encode(f" {d}", add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"processor: the digit ' {d}' is not one token ({ids})")
+        digit_ids.append(ids[0])
+    digit_lookup = {t: d for d, t in enumerate(digit_ids)}
+    header = assistant_header_ids(processor)
+    was_training = model.training
+    model.eval()
+    hits: list[list[bool]] = [[], []]
+    n = len(items)
+    for s in range(0, n, batch_size):
+        chunk = list(range(s, min(n, s + batch_size)))
+        images = torch.stack([items[(i + 1) % n if shuffle else i].image for i in chunk])
+        convs = [
+            [
+                {"role": "user", "content": user_content(items[i].question, image=True)},
+                {"role": "assistant", "content": "\n\n".join(gold_solution(items[i]))},
+            ]
+            for i in chunk
+        ]
+        enc = encode_chats(processor, convs, images, padding_side="right")
+        logits = model(**enc, use_cache=False).logits[..., digit_ids]  # (B, T, 10)
+        start = _assistant_start(enc["input_ids"], header)
+        for r, i in enumerate(chunk):
+            row = enc["input_ids"][r].tolist()
+            pos = [t for t in range(int(start[r]), len(row)) if row[t] in digit_lookup][:2]
+            for side, t in enumerate(pos):
+                truth = (items[i].left, items[i].right)[side]
+                hits[side].append(int(logits[r, t - 1].argmax()) == truth)
+    model.train(was_training)
+    left, right = float(np.mean(hits[0])), float(np.mean(hits[1]))
+    return {"left": left, "right": right, "both_mean": (left + right) / 2}
 
 
 # ------------------------------------------------------------------------- the study
@@ -570,17 +691,19 @@ STUDY_ARCH = {"vision_patch_size": 8, "vision_embed_dim": 64, "vision_num_heads"
 
 @dataclass
 class StudyConfig:
-    """Sizes of the reasoning study (defaults: ≈ 15 minutes on one CPU thread)."""
+    """Sizes of the reasoning study (defaults: ≈ 20 minutes on one CPU thread)."""
 
-    train_items: int = 2400  # questions for SFT; their sampled solutions train the RMs
+    train_items: int = 12000  # questions for SFT; their sampled solutions train the RMs
     samples_per_item: int = 2  # sampled solutions per training question
     mc_rollouts: int = 16  # Monte-Carlo continuations per prefix (VisualPRM: 16)
     hard_labels: bool = True  # train on MC > 0 (hard, Math-Shepherd) or the success rate
     vision_steps: int = 1000  # digit-classification pre-training of the vision tower
+    align_steps: int = 1200  # alignment: merger + LM name the digits (0: no alignment)
+    align_items: int = 12000  # renders of training-split scans for the alignment stage
     freeze_vision: bool = True  # keep the pre-trained tower fixed in SFT, PRM and ORM
     lm_layers: int = 2  # language-model layers of the study's tiny Qwen2-VL
     sft_steps: int = 1200
-    prm_steps: int = 3000
+    prm_steps: int = 8000  # 5.3 passes over the 24,000 labelled solutions (3600 loses at N=16)
     orm_steps: int = 800
     batch_size: int = 16
     lr: float = 1e-3  # vision pre-training and SFT
@@ -733,22 +856,37 @@ def run_study(out: str | Path, cfg: StudyConfig | None = None, progress: bool = 
     probe = {"vision_pretrained": vision_probe(backbone, processor, seed=cfg.seed)}
     if cfg.freeze_vision:  # SFT, PRM and ORM train the language side only
         backbone.model.visual.requires_grad_(False)
-    gold = [
-        solution_steps(it.kind, it.left, it.right,
-                       str(it.left + it.right) if it.kind == "sum" else relation(it.left, it.right),
-                       it.answer)
-        for it in train_items
-    ]  # fmt: skip
+    timings["vision_s"] = time.time() - t1
+    reading_items = make_items(300, "test", seed=cfg.seed + 2)
+    reading: dict[str, Any] = {}
+    align_loss: list[float] = []
+    if cfg.align_steps:  # image → "The left digit is a. / The right digit is b."
+        t1 = time.time()
+        align_items = make_items(cfg.align_items, "train", seed=cfg.seed + 7)
+        align_loss = align_reading(
+            backbone, processor, align_items, steps=cfg.align_steps,
+            batch_size=2 * cfg.batch_size, lr=cfg.lr, seed=cfg.seed, progress=progress,
+        )  # fmt: skip
+        del align_items
+        reading["aligned"] = reading_accuracy(backbone, processor, reading_items)
+        probe["aligned"] = vision_probe(backbone, processor, seed=cfg.seed)  # merger trained
+        timings["align_s"] = time.time() - t1
+    t1 = time.time()
+    gold = [gold_solution(it) for it in train_items]
     sft_loss = sft_warm_start(
         backbone, processor, train_items, gold, steps=cfg.sft_steps,
         batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, progress=progress,
     )  # fmt: skip
     save_tiny(backbone, processor, out / "policy_vlm")
+    reading["policy_vlm"] = reading_accuracy(backbone, processor, reading_items)
+    reading["policy_vlm_shuffled"] = reading_accuracy(
+        backbone, processor, reading_items, shuffle=True
+    )
     timings["sft_s"] = time.time() - t1
 
-    def probe_tower(model) -> float:  # a frozen tower reads as it did after pre-training
+    def probe_tower(model) -> float:  # a frozen tower reads as it did after alignment
         if cfg.freeze_vision:
-            return probe["vision_pretrained"]
+            return probe.get("aligned", probe["vision_pretrained"])
         return vision_probe(model, processor, seed=cfg.seed)
 
     probe["policy_vlm"] = probe_tower(backbone)
@@ -765,6 +903,16 @@ def run_study(out: str | Path, cfg: StudyConfig | None = None, progress: bool = 
     prm.eval()
     timings["prm_train_s"] = time.time() - t1
     probe["prm"] = probe_tower(prm.backbone)
+    # fit check: step AUC against the gold labels on training solutions (and their MC labels)
+    fit = list(range(0, len(sols), max(1, len(sols) // 800)))[:800]
+    fit_out = prm.score(
+        torch.stack([train_items[owner[j]].image for j in fit]),
+        [train_items[owner[j]].question for j in fit],
+        steps=[sols[j] for j in fit], batch_size=2 * cfg.batch_size, progress=False,
+    )  # fmt: skip
+    fit_scores = torch.stack(fit_out.step_scores).numpy()
+    fit_gold = np.array([step_truth(train_items[owner[j]], sols[j]) for j in fit])
+    fit_mc = np.array([labelled[j]["labels"] for j in fit]) > 0.5
 
     # -- ORM: Bradley-Terry on (correct, wrong) answers of one question -----------------
     t1 = time.time()
@@ -818,6 +966,21 @@ def run_study(out: str | Path, cfg: StudyConfig | None = None, progress: bool = 
             np.mean(correct[np.arange(len(pools)), fake.argmax(1)])
         )
     controls["within_question_auc"]["orm"] = within_question_auc(correct, orm_scores)
+    test_gold = np.array([step_truth(it, s) for it, pool in zip(eval_items, pools) for s in pool])
+    test_scores = torch.stack(prm_steps).numpy()
+    controls["step_auc"] = {  # per step; train ≈ held-out: the PRM does not overfit
+        "train_gold": [binary_auc(fit_gold[:, k], fit_scores[:, k]) for k in range(4)],
+        "train_mc_labels": [binary_auc(fit_mc[:, k], fit_scores[:, k]) for k in range(4)],
+        "heldout_gold": [binary_auc(test_gold[:, k], test_scores[:, k]) for k in range(4)],
+    }
+    misread = (test_gold[:, :2].min(1) == 0).reshape(correct.shape)  # a digit read wrong
+    controls["within_question_auc_by_error"] = {  # wrong candidates: misread vs slip only
+        f"prm_{agg}": {
+            "misread": within_question_auc(correct, tables[f"prm_{agg}"], misread),
+            "slip": within_question_auc(correct, tables[f"prm_{agg}"], ~misread),
+        }
+        for agg in ("min", "mean")
+    }
     with (out / "pool.jsonl").open("w", encoding="utf-8") as f:  # every scored candidate
         for i, (it, pool) in enumerate(zip(eval_items, pools)):
             row = {"id": it.id, "answer": it.answer, "candidates": [
@@ -845,10 +1008,12 @@ def run_study(out: str | Path, cfg: StudyConfig | None = None, progress: bool = 
         "bon_accuracy": results,
         "controls": controls,
         "vision_probe_accuracy": probe,
+        "reading_accuracy": reading,
         "step_eval": {k: v for k, v in step_eval.items() if k != "by_source"},
         "step_eval_by_source": step_eval.get("by_source", {}),
         "training": {
             "vision_loss_last": float(np.mean(vision_loss[-20:])) if vision_loss else None,
+            "align_loss_last": float(np.mean(align_loss[-20:])) if align_loss else None,
             "sft_loss_first": sft_loss[0] if sft_loss else None,
             "sft_loss_last": float(np.mean(sft_loss[-20:])) if sft_loss else None,
             "prm": prm_result,
@@ -910,7 +1075,8 @@ def format_table(figures: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, StudyConfig]:
+    """The command line: one flag per :class:`StudyConfig` field, plus ``--out``."""
     parser = argparse.ArgumentParser(
         prog="python -m vision_rm.vlm.reasoning", description=__doc__.split("\n")[0]
     )
@@ -927,15 +1093,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     cfg = StudyConfig(
         **{k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items()
            if k in vars(defaults)}
     )  # fmt: skip
+    return args, cfg
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args, cfg = parse_args(argv)
+    torch.set_num_threads(args.threads)
     figures = run_study(args.out, cfg, progress=not args.no_progress)
     print(format_table(figures))
     print(json.dumps({k: figures[k] for k in ("greedy_accuracy", "step_eval", "controls",
-                                             "vision_probe_accuracy", "timings_s")}))  # fmt: skip
+                                             "vision_probe_accuracy", "reading_accuracy",
+                                             "timings_s")}))  # fmt: skip
     return figures
 
 
