@@ -126,10 +126,27 @@ def test_raft_kept_sets_by_hand() -> None:
     assert select_kept(r, 3).tolist() == [1, 3]  # best of [0..2], of [3..5] (tie → first)
     assert select_kept(r, 2).tolist() == [1, 3, 4]
     assert select_kept(r, 3, "global", alpha=0.5).tolist() == [1, 3, 4]
+    assert select_kept(r, 2, min_reward=0.5).tolist() == [1, 3, 4]  # 0.5 ≥ 0.5 stays
+    assert select_kept(r, 3, "global", alpha=0.5, min_reward=0.6).tolist() == [1]
+    assert select_kept(r, 3, min_reward=1.0).tolist() == []
     with pytest.raises(ValueError, match="rewards"):
         select_kept(r, 4)
     with pytest.raises(ValueError, match="keep"):
         select_kept(r, 3, "median")
+
+
+def test_raft_min_reward_skips_iterations_with_nothing_good_enough(reward) -> None:
+    policy = DiffusionPolicy(tiny_pipeline("sd"), lora=LoraSpec(rank=2))
+    batch = PromptBatch(PROMPTS[:2])
+
+    def items(min_reward):
+        algo = RAFT(RAFTConfig(samples_per_prompt=2, save_kept=False, min_reward=min_reward),
+                    SAMPLE, [reward])  # fmt: skip
+        return list(algo.losses(policy, batch, torch.Generator().manual_seed(0)))
+
+    assert items(float("inf")) == []  # no kept sample: no loss, no update
+    kept_all = items(None)
+    assert len(kept_all) == 2 and kept_all[1] is UPDATE and kept_all[0][1]["kept"] == 2.0
 
 
 def test_raft_pretrain_regulariser_adds_the_weighted_denoising_loss(reward) -> None:

@@ -56,18 +56,25 @@ from diffusion_align.sampling import sample
 
 
 def select_kept(
-    rewards: Tensor, group_size: int, keep: str = "local", alpha: float = 0.125
+    rewards: Tensor,
+    group_size: int,
+    keep: str = "local",
+    alpha: float = 0.125,
+    min_reward: float | None = None,
 ) -> Tensor:
     """Indices (sorted) of the kept samples among ``N = prompts × group_size``.
 
     ``rewards`` ``(N,)`` are grouped by prompt, ``group_size`` consecutive samples each.
     ``local``: the best of every group (ties → the first); ``global``: the
-    ``ceil(alpha·N)`` best of the batch.
+    ``ceil(alpha·N)`` best of the batch. ``min_reward``: of those, only the ones scoring
+    at least this much (possibly none).
 
     >>> select_kept(torch.tensor([0.1, 0.9, 0.5, 0.2]), 2).tolist()
     [1, 2]
     >>> select_kept(torch.tensor([0.1, 0.9, 0.5, 0.2]), 2, "global", alpha=0.5).tolist()
     [1, 2]
+    >>> select_kept(torch.tensor([0.1, 0.9, 0.5, 0.2]), 2, min_reward=0.6).tolist()
+    [1]
     """
     from mmreward.selection import best_of_n
 
@@ -76,13 +83,16 @@ def select_kept(
         raise ValueError(f"rewards: expected (prompts × {group_size},), got {tuple(rewards.shape)}")
     if keep == "local":
         best = best_of_n(rewards.view(-1, group_size))
-        return best + torch.arange(0, n, group_size, device=best.device)
-    if keep == "global":
+        kept = best + torch.arange(0, n, group_size, device=best.device)
+    elif keep == "global":
         if not 0 < alpha <= 1:
             raise ValueError(f"algorithm.alpha: expected in (0, 1], got {alpha}")
-        top = torch.topk(rewards, math.ceil(alpha * n)).indices
-        return top.sort().values
-    raise ValueError(f"algorithm.keep: expected local or global, got {keep!r}")
+        kept = torch.topk(rewards, math.ceil(alpha * n)).indices.sort().values
+    else:
+        raise ValueError(f"algorithm.keep: expected local or global, got {keep!r}")
+    if min_reward is not None:
+        kept = kept[rewards[kept] >= min_reward]
+    return kept
 
 
 @dataclass
@@ -95,6 +105,7 @@ class RAFTConfig:
     save_kept: bool = True  # write raft/step_<N>/ (images, rewards, latents)
     pretrain_weight: float = 0.0  # denoising loss on data.pretrain per minibatch (0: off)
     sft_on: Literal["latents", "images"] = "latents"  # sampled latents, or VAE(images)
+    min_reward: float | None = None  # drop kept samples scoring below this (None: keep all)
     sft_guidance: bool = False  # fit the CFG-guided prediction (the sampler), not the conditional
 
 
@@ -156,7 +167,9 @@ class RAFT(Algorithm):
     ) -> Iterator[tuple[Tensor, Stats] | object]:
         c = self.config
         prompts, latents, images, rewards = self._candidates(policy, batch.prompts, generator)
-        kept = select_kept(rewards.cpu(), c.samples_per_prompt, c.keep, c.alpha)
+        kept = select_kept(rewards.cpu(), c.samples_per_prompt, c.keep, c.alpha, c.min_reward)
+        if len(kept) == 0:  # nothing good enough this iteration: no update
+            return
         if c.save_kept:
             self._save(prompts, kept, rewards.cpu(), latents, images)
         stats = {"reward": rewards.mean().item(), "kept_reward": rewards[kept].mean().item(),
