@@ -19,6 +19,7 @@ from diffusion_align.algorithms.ddpo import (
     batch_advantages,
     clip_advantages,
     ppo_clip_loss,
+    repeat_prompts,
 )
 from diffusion_align.algorithms.grpo import GRPO, GRPOConfig, gaussian_mean_kl, grpo_advantages
 from diffusion_align.algorithms.raft import RAFT, RAFTConfig, select_kept
@@ -206,6 +207,34 @@ def test_raft_sft_on_images_reencodes_the_kept_images(reward) -> None:
             assert len(calls) == 1 and torch.equal(calls[0], images[kept])
     with pytest.raises(ValueError, match="sft_on"):
         get_algorithm("raft").from_dict({"name": "raft", "sft_on": "pixels"}, SAMPLE, [reward])
+
+
+def test_raft_sft_on_trajectory_is_the_kept_paths_log_likelihood(reward) -> None:
+    policy = DiffusionPolicy(tiny_pipeline("sd"), lora=LoraSpec(rank=2))
+    batch = PromptBatch(PROMPTS[:2])
+    algo = RAFT(RAFTConfig(samples_per_prompt=2, save_kept=False, sft_on="trajectory"),
+                SAMPLE, [reward])  # fmt: skip
+    items = list(algo.losses(policy, batch, torch.Generator().manual_seed(0)))
+    steps = SAMPLE.num_steps
+    assert len(items) == steps + 1 and items[-1] is UPDATE  # one loss per step, one update
+    with torch.no_grad():  # the kept rows: the best of each prompt's 2 final samples
+        images = policy.decode(algo._trajectory[:, -1])
+        kept = select_kept(algo.score(images, repeat_prompts(batch.prompts, 2))[:, 0].cpu(), 2)
+    traj, cond = algo._trajectory[kept], algo._cond.select(kept.tolist())
+    schedule, dims = algo.schedule(policy), traj[0, 0].numel()
+    with torch.no_grad():  # by hand: −Σ_i mean_rows log p(x_{i+1} | x_i) / (dims · steps)
+        expected = -sum(
+            transition_log_prob(policy, schedule, i, traj[:, i], traj[:, i + 1], cond,
+                                SAMPLE.guidance_scale).log_prob.mean()
+            for i in range(steps)
+        ) / (dims * steps)  # fmt: skip
+    got = sum(loss.item() for loss, _ in items[:-1])
+    assert got == pytest.approx(expected.item(), rel=1e-5)
+    eta0 = SampleConfig(num_steps=3, eta=0.0, guidance_scale=2.0)
+    algo = RAFT(RAFTConfig(samples_per_prompt=2, save_kept=False, sft_on="trajectory"),
+                eta0, [reward])  # fmt: skip
+    with pytest.raises(ValueError, match="stochastic sampler"):
+        list(algo.losses(policy, batch, torch.Generator().manual_seed(0)))
 
 
 def test_raft_sft_guidance_fits_the_guided_prediction(reward) -> None:

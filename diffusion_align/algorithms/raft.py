@@ -12,7 +12,10 @@ One trainer step is one iteration:
    (ε-, v- or velocity regression): on the kept *latents* as sampled (``sft_on:
    latents``, default) or on the kept *images* re-encoded by the VAE (``sft_on: images``,
    what fine-tuning on saved images does, and on the distribution of latents the model was
-   trained on); ``sft_epochs`` passes in minibatches of ``sft_batch_size``, one optimizer
+   trained on), or on the kept samples' own denoising *trajectories* (``sft_on:
+   trajectory``: maximise the log-likelihood of every recorded transition x_t → x_{t−1}
+   under the guided sampler, DDPO's reward-weighted regression with a 0/1 weight; needs a
+   stochastic sampler, e.g. ``sample.eta: 1``); ``sft_epochs`` passes in minibatches of ``sft_batch_size``, one optimizer
    update each.
 
 Every iteration writes its kept set to ``<run>/raft/step_<N>/``: ``kept.png`` (the kept
@@ -104,7 +107,7 @@ class RAFTConfig:
     sft_batch_size: int | None = None  # kept samples per optimizer update (None: all)
     save_kept: bool = True  # write raft/step_<N>/ (images, rewards, latents)
     pretrain_weight: float = 0.0  # denoising loss on data.pretrain per minibatch (0: off)
-    sft_on: Literal["latents", "images"] = "latents"  # sampled latents, or VAE(images)
+    sft_on: Literal["latents", "images", "trajectory"] = "latents"  # or VAE(images), or paths
     min_reward: float | None = None  # drop kept samples scoring below this (None: keep all)
     sft_guidance: bool = False  # fit the CFG-guided prediction (the sampler), not the conditional
 
@@ -134,9 +137,54 @@ class RAFT(Algorithm):
                                     height=s.height, width=s.width)  # fmt: skip
         x = policy.initial_noise(len(all_prompts), generator, s.height, s.width)
         out = sample(policy, cond, self.schedule(policy), guidance_scale=s.guidance_scale,
-                     latents=x, generator=generator)  # fmt: skip
+                     latents=x, generator=generator,
+                     return_trajectory=self.config.sft_on == "trajectory")  # fmt: skip
+        self._trajectory, self._cond = out.trajectory, cond
         images = policy.decode(out.latents)
         return all_prompts, out.latents, images, self.score(images, all_prompts)[:, 0]
+
+    def _trajectory_losses(
+        self, policy, kept: Tensor, batch: PromptBatch, generator, stats: Stats
+    ) -> Iterator[tuple[Tensor, Stats] | object]:
+        """−log-likelihood of the kept samples' recorded transitions under the guided
+        sampler, per latent dimension, averaged over steps; one update per minibatch."""
+        from diffusion_align.sampling import transition_log_prob
+
+        c, s = self.config, self.sample
+        schedule = self.schedule(policy)
+        if not schedule.stochastic:
+            raise ValueError(
+                "raft: sft_on: trajectory needs a stochastic sampler (sample.eta > 0, or "
+                "sample.noise_level > 0 for flow models)"
+            )
+        traj = self._trajectory[kept.to(self._trajectory.device)]
+        cond = self._cond.select(kept.tolist())
+        steps, dims = traj.shape[1] - 1, traj[0, 0].numel()
+        mb = c.sft_batch_size or len(kept)
+        for _ in range(c.sft_epochs):
+            order = torch.randperm(len(kept), generator=generator)
+            for start in range(0, len(kept), mb):
+                rows = order[start : start + mb]
+                sub = cond.select(rows.tolist())
+                for i in range(steps):
+                    x_t = traj[rows, i].to(policy.device)
+                    x_prev = traj[rows, i + 1].to(policy.device)
+                    out = transition_log_prob(policy, schedule, i, x_t, x_prev, sub,
+                                              s.guidance_scale)  # fmt: skip
+                    loss = -out.log_prob.mean() / (dims * steps)
+                    if i == 0 and c.pretrain_weight > 0:
+                        loss = loss + c.pretrain_weight * self._pretrain_loss(
+                            policy, batch, generator, stats
+                        )
+                    yield loss, stats
+                yield UPDATE
+
+    def _pretrain_loss(self, policy, batch: PromptBatch, generator, stats: Stats) -> Tensor:
+        if batch.images is None:
+            raise ValueError("raft: pretrain_weight > 0 needs data.pretrain (image-caption pairs)")
+        reg = pretrain_denoising_loss(policy, batch.images, batch.image_prompts, generator)
+        stats["pretrain_loss"] = reg.item()
+        return reg
 
     def _save(self, prompts, kept: Tensor, rewards: Tensor, latents: Tensor, images: Tensor):
         from mmreward.checkpoint import save_state_dict
@@ -174,6 +222,9 @@ class RAFT(Algorithm):
             self._save(prompts, kept, rewards.cpu(), latents, images)
         stats = {"reward": rewards.mean().item(), "kept_reward": rewards[kept].mean().item(),
                  "kept": float(len(kept))}  # fmt: skip
+        if c.sft_on == "trajectory":
+            yield from self._trajectory_losses(policy, kept, batch, generator, stats)
+            return
         if c.sft_on == "images":  # decode → re-encode: latents from the VAE's posterior
             with torch.no_grad():
                 kept_latents = policy.encode(images[kept.to(images.device)], generator)
@@ -193,14 +244,8 @@ class RAFT(Algorithm):
                     policy, x0, cond.select(rows.tolist()), generator, guidance
                 )
                 if c.pretrain_weight > 0:
-                    if batch.images is None:
-                        raise ValueError(
-                            "raft: pretrain_weight > 0 needs data.pretrain (image-caption pairs)"
-                        )
-                    reg = pretrain_denoising_loss(
-                        policy, batch.images, batch.image_prompts, generator
+                    loss = loss + c.pretrain_weight * self._pretrain_loss(
+                        policy, batch, generator, stats
                     )
-                    loss = loss + c.pretrain_weight * reg
-                    stats = {**stats, "pretrain_loss": reg.item()}
                 yield loss, stats
                 yield UPDATE
