@@ -27,6 +27,7 @@ __all__ = [
     "expected_calibration_error",
     "pairwise_accuracy",
     "preference_accuracy_report",
+    "roc_auc",
     "spearman",
     "step_f1",
     "tie_aware_accuracy",
@@ -248,6 +249,23 @@ def spearman(x: ArrayLike, y: ArrayLike) -> float:
         if not r.any():
             raise ValueError(f"{name}: all values are equal; Spearman correlation is undefined")
     return float(np.clip((ra @ rb) / np.sqrt((ra @ ra) * (rb @ rb)), -1.0, 1.0))
+
+
+def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
+    """ROC AUC: P(a positive outscores a negative), ties counting ½ (Mann–Whitney U from
+    average ranks); NaN unless both classes are present.
+
+    >>> roc_auc([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.4])
+    0.625
+    """
+    y = _binary_labels(_vector(labels, "labels"), "labels").astype(bool)
+    s = _vector(scores, "scores")
+    _same_length(s, y, "scores", "labels")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    u = _average_ranks(s)[y].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
 
 
 # ------------------------------------------------------------------ process rewards

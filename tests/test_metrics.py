@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from mmreward.metrics import (
     StepF1,
     expected_calibration_error,
     pairwise_accuracy,
     preference_accuracy_report,
+    roc_auc,
     spearman,
     step_f1,
     tie_aware_accuracy,
@@ -184,3 +185,16 @@ def test_ece_validation() -> None:
         expected_calibration_error([0.2], [0.5])
     with pytest.raises(ValueError, match="n_bins"):
         expected_calibration_error([0.2], [0], n_bins=0)
+
+
+def test_roc_auc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    scores = rng.integers(0, 10, 200).astype(float)  # many ties
+    assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert roc_auc([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.4]) == pytest.approx(2.5 / 4)
+    assert np.isnan(roc_auc([0, 0], [0.1, 0.2]))
+    with pytest.raises(ValueError, match="labels"):
+        roc_auc([0, 2], [0.1, 0.2])
+    with pytest.raises(ValueError, match="scores"):
+        roc_auc([0, 1], [0.1, 0.2, 0.3])

@@ -187,7 +187,8 @@ def test_vision_pretraining_makes_the_tower_read_held_out_digits():
 
 
 def test_binary_auc_and_gold_solution_by_hand():
-    from vision_rm.vlm.reasoning import binary_auc, gold_solution
+    from mmreward.metrics import roc_auc as binary_auc
+    from vision_rm.vlm.reasoning import gold_solution
 
     # positives 0.9, 0.4; negatives 0.5, 0.4 → (1 + 1 + 0 + ½) / 4
     assert binary_auc([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.4]) == pytest.approx(2.5 / 4)

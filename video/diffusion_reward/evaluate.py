@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmreward import metrics
 from mmreward.report import plot_curves, plot_score_histograms, write_json
 from video.diffusion_reward.entropy import BOUNDS
 from video.diffusion_reward.reward import load_diffusion_reward
@@ -34,10 +35,8 @@ EVAL_SEED = 20_000  # held out from training (seeds 0..) and statistics (10_000.
 
 def roc_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
     """P(score of a positive > score of a negative), ties counting ½ (Mann–Whitney U)."""
-    from sklearn.metrics import roc_auc_score
-
     y = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
-    return float(roc_auc_score(y, np.r_[positive, negative]))
+    return metrics.roc_auc(y, np.r_[positive, negative])
 
 
 def _examples_figure(videos: torch.Tensor, rewards: torch.Tensor, labels: list[str], path: Path):

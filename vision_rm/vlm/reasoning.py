@@ -58,6 +58,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmreward.metrics import roc_auc
+
 QUESTIONS = {
     "sum": "What is the sum of the two digits in the image?",
     "compare": "Which digit in the image is larger, the left or the right one?",
@@ -382,12 +384,6 @@ def selection_accuracy(
             for name, w in vote_scores.items():
                 totals[name] += c[_weighted_vote([answers[i][j] for j in sub], w[i, sub])]
     return {k: v / (q * draws) for k, v in totals.items()}
-
-
-def binary_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """P(a positive outscores a negative), ties count ½ (NaN without both classes)."""
-    labels = np.asarray(labels, dtype=bool)
-    return within_question_auc(labels[None], np.asarray(scores, dtype=float)[None])
 
 
 def within_question_auc(
@@ -969,9 +965,9 @@ def run_study(out: str | Path, cfg: StudyConfig | None = None, progress: bool = 
     test_gold = np.array([step_truth(it, s) for it, pool in zip(eval_items, pools) for s in pool])
     test_scores = torch.stack(prm_steps).numpy()
     controls["step_auc"] = {  # per step; train ≈ held-out: the PRM does not overfit
-        "train_gold": [binary_auc(fit_gold[:, k], fit_scores[:, k]) for k in range(4)],
-        "train_mc_labels": [binary_auc(fit_mc[:, k], fit_scores[:, k]) for k in range(4)],
-        "heldout_gold": [binary_auc(test_gold[:, k], test_scores[:, k]) for k in range(4)],
+        "train_gold": [roc_auc(fit_gold[:, k], fit_scores[:, k]) for k in range(4)],
+        "train_mc_labels": [roc_auc(fit_mc[:, k], fit_scores[:, k]) for k in range(4)],
+        "heldout_gold": [roc_auc(test_gold[:, k], test_scores[:, k]) for k in range(4)],
     }
     misread = (test_gold[:, :2].min(1) == 0).reshape(correct.shape)  # a digit read wrong
     controls["within_question_auc_by_error"] = {  # wrong candidates: misread vs slip only
