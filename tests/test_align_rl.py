@@ -19,7 +19,6 @@ from diffusion_align.algorithms.ddpo import (
     batch_advantages,
     clip_advantages,
     ppo_clip_loss,
-    repeat_prompts,
 )
 from diffusion_align.algorithms.grpo import GRPO, GRPOConfig, gaussian_mean_kl, grpo_advantages
 from diffusion_align.algorithms.raft import RAFT, RAFTConfig, select_kept
@@ -191,10 +190,9 @@ def test_raft_sft_on_images_reencodes_the_kept_images(reward) -> None:
         calls.clear()
         algo = RAFT(RAFTConfig(samples_per_prompt=3, save_kept=False, sft_on=sft_on),
                     SAMPLE, [reward])  # fmt: skip
-        _, _, images, rewards = algo._candidates(
-            policy, batch.prompts, torch.Generator().manual_seed(0)
-        )
-        kept = select_kept(rewards.cpu(), 3)
+        cands = algo._candidates(policy, batch.prompts, torch.Generator().manual_seed(0))
+        images = cands.images
+        kept = select_kept(cands.rewards.cpu(), 3)
         losses = [
             x
             for x in algo.losses(policy, batch, torch.Generator().manual_seed(0))
@@ -217,10 +215,10 @@ def test_raft_sft_on_trajectory_is_the_kept_paths_log_likelihood(reward) -> None
     items = list(algo.losses(policy, batch, torch.Generator().manual_seed(0)))
     steps = SAMPLE.num_steps
     assert len(items) == steps + 1 and items[-1] is UPDATE  # one loss per step, one update
-    with torch.no_grad():  # the kept rows: the best of each prompt's 2 final samples
-        images = policy.decode(algo._trajectory[:, -1])
-        kept = select_kept(algo.score(images, repeat_prompts(batch.prompts, 2))[:, 0].cpu(), 2)
-    traj, cond = algo._trajectory[kept], algo._cond.select(kept.tolist())
+    # the same candidates (same generator seed); kept: the best of each prompt's 2
+    cands = algo._candidates(policy, batch.prompts, torch.Generator().manual_seed(0))
+    kept = select_kept(cands.rewards.cpu(), 2)
+    traj, cond = cands.trajectory[kept], cands.cond.select(kept.tolist())
     schedule, dims = algo.schedule(policy), traj[0, 0].numel()
     with torch.no_grad():  # by hand: −Σ_i mean_rows log p(x_{i+1} | x_i) / (dims · steps)
         expected = -sum(

@@ -15,8 +15,8 @@ One trainer step is one iteration:
    trained on), or on the kept samples' own denoising *trajectories* (``sft_on:
    trajectory``: maximise the log-likelihood of every recorded transition x_t → x_{t−1}
    under the guided sampler, DDPO's reward-weighted regression with a 0/1 weight; needs a
-   stochastic sampler, e.g. ``sample.eta: 1``); ``sft_epochs`` passes in minibatches of ``sft_batch_size``, one optimizer
-   update each.
+   stochastic sampler, e.g. ``sample.eta: 1``); ``sft_epochs`` passes in minibatches of
+   ``sft_batch_size``, one optimizer update each.
 
 Every iteration writes its kept set to ``<run>/raft/step_<N>/``: ``kept.png`` (the kept
 images), ``kept.json`` (prompts, kept rewards, every sample's reward, the indices kept)
@@ -45,7 +45,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -99,6 +99,20 @@ def select_kept(
 
 
 @dataclass
+class Candidates:
+    """One iteration's samples: ``prompts`` (each batch prompt ``K`` times in a row), their
+    conditioning, final ``latents``, the ``trajectory`` ``(N, S+1, …)`` when
+    ``sft_on: trajectory`` (else None), decoded ``images`` and ``rewards`` ``(N,)``."""
+
+    prompts: list[str]
+    cond: Any
+    latents: Tensor
+    trajectory: Tensor | None
+    images: Tensor
+    rewards: Tensor
+
+
+@dataclass
 class RAFTConfig:
     samples_per_prompt: int = 8  # K: candidates per prompt (best-of-K)
     keep: Literal["local", "global"] = "local"  # best per prompt, or top alpha of the batch
@@ -130,7 +144,7 @@ class RAFT(Algorithm):
             raise ValueError(f"raft: pretrain_weight must be ≥ 0, got {c.pretrain_weight}")
 
     @torch.no_grad()
-    def _candidates(self, policy, prompts: list[str], generator: torch.Generator):
+    def _candidates(self, policy, prompts: list[str], generator: torch.Generator) -> Candidates:
         s, k = self.sample, self.config.samples_per_prompt
         all_prompts = repeat_prompts(prompts, k)
         cond = policy.encode_prompt(all_prompts, guidance=s.guidance_scale != 1.0,
@@ -139,12 +153,20 @@ class RAFT(Algorithm):
         out = sample(policy, cond, self.schedule(policy), guidance_scale=s.guidance_scale,
                      latents=x, generator=generator,
                      return_trajectory=self.config.sft_on == "trajectory")  # fmt: skip
-        self._trajectory, self._cond = out.trajectory, cond
         images = policy.decode(out.latents)
-        return all_prompts, out.latents, images, self.score(images, all_prompts)[:, 0]
+        rewards = self.score(images, all_prompts)[:, 0]
+        return Candidates(all_prompts, cond, out.latents, out.trajectory, images, rewards)
+
+    def _minibatches(self, n: int, generator: torch.Generator) -> Iterator[Tensor]:
+        """Row indices of the kept set: ``sft_epochs`` shuffled passes in ``sft_batch_size``."""
+        mb = self.config.sft_batch_size or n
+        for _ in range(self.config.sft_epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, mb):
+                yield order[start : start + mb]
 
     def _trajectory_losses(
-        self, policy, kept: Tensor, batch: PromptBatch, generator, stats: Stats
+        self, policy, cands: Candidates, kept: Tensor, batch: PromptBatch, generator, stats: Stats
     ) -> Iterator[tuple[Tensor, Stats] | object]:
         """−log-likelihood of the kept samples' recorded transitions under the guided
         sampler, per latent dimension, averaged over steps; one update per minibatch."""
@@ -157,27 +179,23 @@ class RAFT(Algorithm):
                 "raft: sft_on: trajectory needs a stochastic sampler (sample.eta > 0, or "
                 "sample.noise_level > 0 for flow models)"
             )
-        traj = self._trajectory[kept.to(self._trajectory.device)]
-        cond = self._cond.select(kept.tolist())
+        traj = cands.trajectory[kept.to(cands.trajectory.device)]
+        cond = cands.cond.select(kept.tolist())
         steps, dims = traj.shape[1] - 1, traj[0, 0].numel()
-        mb = c.sft_batch_size or len(kept)
-        for _ in range(c.sft_epochs):
-            order = torch.randperm(len(kept), generator=generator)
-            for start in range(0, len(kept), mb):
-                rows = order[start : start + mb]
-                sub = cond.select(rows.tolist())
-                for i in range(steps):
-                    x_t = traj[rows, i].to(policy.device)
-                    x_prev = traj[rows, i + 1].to(policy.device)
-                    out = transition_log_prob(policy, schedule, i, x_t, x_prev, sub,
-                                              s.guidance_scale)  # fmt: skip
-                    loss = -out.log_prob.mean() / (dims * steps)
-                    if i == 0 and c.pretrain_weight > 0:
-                        loss = loss + c.pretrain_weight * self._pretrain_loss(
-                            policy, batch, generator, stats
-                        )
-                    yield loss, stats
-                yield UPDATE
+        for rows in self._minibatches(len(kept), generator):
+            sub = cond.select(rows.tolist())
+            for i in range(steps):
+                x_t = traj[rows, i].to(policy.device)
+                x_prev = traj[rows, i + 1].to(policy.device)
+                out = transition_log_prob(policy, schedule, i, x_t, x_prev, sub,
+                                          s.guidance_scale)  # fmt: skip
+                loss = -out.log_prob.mean() / (dims * steps)
+                if i == 0 and c.pretrain_weight > 0:
+                    loss = loss + c.pretrain_weight * self._pretrain_loss(
+                        policy, batch, generator, stats
+                    )
+                yield loss, stats
+            yield UPDATE
 
     def _pretrain_loss(self, policy, batch: PromptBatch, generator, stats: Stats) -> Tensor:
         if batch.images is None:
@@ -214,38 +232,35 @@ class RAFT(Algorithm):
         self, policy, batch: PromptBatch, generator: torch.Generator
     ) -> Iterator[tuple[Tensor, Stats] | object]:
         c = self.config
-        prompts, latents, images, rewards = self._candidates(policy, batch.prompts, generator)
+        cands = self._candidates(policy, batch.prompts, generator)
+        prompts, rewards = cands.prompts, cands.rewards
         kept = select_kept(rewards.cpu(), c.samples_per_prompt, c.keep, c.alpha, c.min_reward)
         if len(kept) == 0:  # nothing good enough this iteration: no update
             return
         if c.save_kept:
-            self._save(prompts, kept, rewards.cpu(), latents, images)
+            self._save(prompts, kept, rewards.cpu(), cands.latents, cands.images)
         stats = {"reward": rewards.mean().item(), "kept_reward": rewards[kept].mean().item(),
                  "kept": float(len(kept))}  # fmt: skip
         if c.sft_on == "trajectory":
-            yield from self._trajectory_losses(policy, kept, batch, generator, stats)
+            yield from self._trajectory_losses(policy, cands, kept, batch, generator, stats)
             return
         if c.sft_on == "images":  # decode → re-encode: latents from the VAE's posterior
             with torch.no_grad():
-                kept_latents = policy.encode(images[kept.to(images.device)], generator)
+                kept_latents = policy.encode(cands.images[kept.to(cands.images.device)], generator)
         else:
-            kept_latents = latents[kept.to(latents.device)]
+            kept_latents = cands.latents[kept.to(cands.latents.device)]
         kept_prompts = [prompts[i] for i in kept.tolist()]
         guidance = self.sample.guidance_scale if c.sft_guidance else 1.0
         cond = policy.encode_prompt(kept_prompts, guidance=guidance != 1.0,
                                     height=self.sample.height, width=self.sample.width)  # fmt: skip
-        mb = c.sft_batch_size or len(kept)
-        for _ in range(c.sft_epochs):
-            order = torch.randperm(len(kept), generator=generator)
-            for start in range(0, len(kept), mb):
-                rows = order[start : start + mb]
-                x0 = kept_latents[rows.to(kept_latents.device)]
-                loss = latent_denoising_loss(
-                    policy, x0, cond.select(rows.tolist()), generator, guidance
+        for rows in self._minibatches(len(kept), generator):
+            x0 = kept_latents[rows.to(kept_latents.device)]
+            loss = latent_denoising_loss(
+                policy, x0, cond.select(rows.tolist()), generator, guidance
+            )
+            if c.pretrain_weight > 0:
+                loss = loss + c.pretrain_weight * self._pretrain_loss(
+                    policy, batch, generator, stats
                 )
-                if c.pretrain_weight > 0:
-                    loss = loss + c.pretrain_weight * self._pretrain_loss(
-                        policy, batch, generator, stats
-                    )
-                yield loss, stats
-                yield UPDATE
+            yield loss, stats
+            yield UPDATE
