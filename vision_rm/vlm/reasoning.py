@@ -412,6 +412,14 @@ def within_question_auc(
 
 
 # ------------------------------------------------------- vision pre-training (digits)
+def _linear_decay(opt: torch.optim.Optimizer, steps: int, decay: bool = True):
+    """A scheduler taking the learning rate linearly to 0 over ``steps`` (constant if not
+    ``decay``)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, (lambda k: 1.0 - k / steps) if decay else (lambda k: 1.0)
+    )
+
+
 def _task_attributes() -> list:
     """The world's attribute combinations drawn at the task's digit size."""
     from mmreward.world.data import all_attributes
@@ -449,9 +457,7 @@ def pretrain_vision(
     head = torch.nn.Linear(width, 10)
     params = [*visual.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, (lambda k: 1.0 - k / steps) if decay else (lambda k: 1.0)
-    )
+    sched = _linear_decay(opt, steps, decay)
     g = torch.Generator().manual_seed(seed)
     visual.train()
     history = []
@@ -564,9 +570,7 @@ def sft_warm_start(
     g = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, (lambda k: 1.0 - k / steps) if decay else (lambda k: 1.0)
-    )
+    sched = _linear_decay(opt, steps, decay)
     model.train()
     history = []
     for _ in tqdm(range(steps), desc=desc, disable=not progress):
