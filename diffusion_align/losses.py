@@ -40,9 +40,11 @@ def per_sample_mse(pred: Tensor, target: Tensor) -> Tensor:
     return err.mean(dim=tuple(range(1, err.ndim)))
 
 
-def denoising_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """The pre-training (denoising) objective: mean squared error, fp32."""
-    return per_sample_mse(pred, target).mean()
+def denoising_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """The pre-training (denoising) objective: mean squared error, fp32; ``weight`` ``(B,)``
+    weighs each sample's error (e.g. min-SNR-γ, :meth:`TrainingNoise.loss_weight`)."""
+    err = per_sample_mse(pred, target)
+    return (err if weight is None else err * weight.to(err)).mean()
 
 
 def dpo_beta(beta: float, convention: str = "half") -> float:

@@ -644,6 +644,23 @@ class TrainingNoise:
     def sample_indices(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randint(0, self.num_train_timesteps, (n,), generator=generator)
 
+    def loss_weight(self, index: Tensor, snr_gamma: float) -> Tensor:
+        """Min-SNR-γ weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+        Weighting Strategy") of training indices ``index`` ``(B,)``: ``min(SNR, γ)/SNR`` for
+        ε-prediction, ``min(SNR, γ)/(SNR + 1)`` for v-prediction (as diffusers' training
+        scripts' ``--snr_gamma``), with ``SNR = ᾱ/(1 − ᾱ)``; they bring every timestep's
+        regression to the same scale as the x0 error capped at γ."""
+        if snr_gamma <= 0:
+            raise ValueError(f"snr_gamma: expected > 0, got {snr_gamma}")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(
+                f"snr_gamma: min-SNR weights need ε- or v-prediction, not {self.prediction_type!r}"
+            )
+        a = self.alphas_cumprod[index.cpu()]
+        snr = a / (1 - a)
+        capped = snr.clamp(max=snr_gamma)
+        return capped / snr if self.prediction_type == "epsilon" else capped / (snr + 1)
+
     def add_noise(self, x0: Tensor, noise: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(x_t, model timestep (B,), regression target)`` for training indices ``index``."""
         from diffusion_align.sampling import _bcast

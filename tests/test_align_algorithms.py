@@ -80,6 +80,8 @@ def test_impossible_settings_are_refused(reward) -> None:
         get_algorithm("draft").from_dict({"name": "draft"}, SampleConfig(num_steps=2), [])
     with pytest.raises(ValueError, match="stop_range"):
         get_algorithm("refl").from_dict({"name": "refl"}, SampleConfig(num_steps=20), [reward])
+    with pytest.raises(ValueError, match="snr_gamma"):
+        get_algorithm("raft").from_dict({"name": "raft", "snr_gamma": 0}, SampleConfig(), [reward])
     d3po = get_algorithm("d3po").from_dict(
         {"name": "d3po"}, SampleConfig(num_steps=2, eta=0.0), [jpeg]
     )

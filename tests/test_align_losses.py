@@ -44,6 +44,8 @@ def test_mse_per_sample_and_denoising() -> None:
     target = torch.tensor([[0.0, 1.0], [0.0, 2.0]])
     assert per_sample_mse(pred, target).tolist() == pytest.approx([2.5, 2.0])  # (1+4)/2, 4/2
     assert denoising_loss(pred, target).item() == pytest.approx(2.25)
+    weighted = denoising_loss(pred, target, torch.tensor([0.5, 2.0]))
+    assert weighted.item() == pytest.approx((0.5 * 2.5 + 2.0 * 2.0) / 2)
 
 
 def test_diffusion_dpo_by_hand_and_beta_conventions() -> None:

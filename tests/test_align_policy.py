@@ -132,3 +132,45 @@ def test_training_noise_targets(prediction_type: str) -> None:
     torch.testing.assert_close(x_t, (1 - s) * x0 + s * eps)
     torch.testing.assert_close(target, eps - x0)
     torch.testing.assert_close(t, flow.sigmas[idx] * 1000)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_by_hand(prediction_type: str) -> None:
+    noise = DiffusionPolicy(tiny_pipeline("sd", prediction_type)).noise_schedule()
+    idx = torch.tensor([0, 10, 999])
+    a = noise.alphas_cumprod[idx].double()
+    snr = (a / (1 - a)).tolist()
+    assert snr[0] > 5 > snr[2]  # a low-noise step is capped, a noisy one is not
+    w = noise.loss_weight(idx, 5.0).tolist()
+    if prediction_type == "epsilon":  # min(SNR, 5) / SNR
+        want = [5 / snr[0], 5 / snr[1] if snr[1] > 5 else 1.0, 1.0]
+    else:  # min(SNR, 5) / (SNR + 1)
+        want = [5 / (s + 1) if s > 5 else s / (s + 1) for s in snr]
+    assert w == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="snr_gamma"):
+        noise.loss_weight(idx, 0.0)
+    with pytest.raises(ValueError, match="snr_gamma: min-SNR weights need"):
+        DiffusionPolicy(tiny_pipeline("flow")).noise_schedule().loss_weight(idx, 5.0)
+
+
+def test_latent_denoising_loss_weighs_each_sample_by_min_snr() -> None:
+    from diffusion_align.algorithms.refl import latent_denoising_loss
+    from diffusion_align.losses import per_sample_mse
+
+    policy = DiffusionPolicy(tiny_pipeline("sd"))
+    h, w = policy.resolution()
+    x0 = policy.encode(torch.rand(4, 3, h, w, generator=torch.Generator().manual_seed(1)))
+    cond = policy.encode_prompt(["a", "b", "c", "d"], guidance=False)
+    with torch.no_grad():
+        got = latent_denoising_loss(policy, x0, cond, torch.Generator().manual_seed(3),
+                                    snr_gamma=5.0)  # fmt: skip
+        g = torch.Generator().manual_seed(3)  # the same draws, by hand
+        noising = policy.noise_schedule()
+        noise = torch.randn(x0.shape, generator=g)
+        idx = noising.sample_indices(4, g)
+        x_t, t, target = noising.add_noise(x0, noise, idx)
+        err = per_sample_mse(policy.predict(x_t, t, cond, 1.0), target)
+        a = noising.alphas_cumprod[idx]
+        snr = a / (1 - a)
+        want = (err * snr.clamp(max=5.0) / snr).mean()
+    torch.testing.assert_close(got, want)

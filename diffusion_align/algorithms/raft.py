@@ -124,6 +124,7 @@ class RAFTConfig:
     sft_on: Literal["latents", "images", "trajectory"] = "latents"  # or VAE(images), or paths
     min_reward: float | None = None  # drop kept samples scoring below this (None: keep all)
     sft_guidance: bool = False  # fit the CFG-guided prediction (the sampler), not the conditional
+    snr_gamma: float | None = None  # min-SNR-γ weights on the denoising loss (None: plain MSE)
 
 
 class RAFT(Algorithm):
@@ -142,6 +143,8 @@ class RAFT(Algorithm):
             raise ValueError(f"raft: alpha must be in (0, 1], got {c.alpha}")
         if c.pretrain_weight < 0:
             raise ValueError(f"raft: pretrain_weight must be ≥ 0, got {c.pretrain_weight}")
+        if c.snr_gamma is not None and c.snr_gamma <= 0:
+            raise ValueError(f"raft: snr_gamma must be > 0 or null, got {c.snr_gamma}")
 
     @torch.no_grad()
     def _candidates(self, policy, prompts: list[str], generator: torch.Generator) -> Candidates:
@@ -200,7 +203,9 @@ class RAFT(Algorithm):
     def _pretrain_loss(self, policy, batch: PromptBatch, generator, stats: Stats) -> Tensor:
         if batch.images is None:
             raise ValueError("raft: pretrain_weight > 0 needs data.pretrain (image-caption pairs)")
-        reg = pretrain_denoising_loss(policy, batch.images, batch.image_prompts, generator)
+        reg = pretrain_denoising_loss(
+            policy, batch.images, batch.image_prompts, generator, self.config.snr_gamma
+        )
         stats["pretrain_loss"] = reg.item()
         return reg
 
@@ -256,7 +261,7 @@ class RAFT(Algorithm):
         for rows in self._minibatches(len(kept), generator):
             x0 = kept_latents[rows.to(kept_latents.device)]
             loss = latent_denoising_loss(
-                policy, x0, cond.select(rows.tolist()), generator, guidance
+                policy, x0, cond.select(rows.tolist()), generator, guidance, c.snr_gamma
             )
             if c.pretrain_weight > 0:
                 loss = loss + c.pretrain_weight * self._pretrain_loss(

@@ -77,24 +77,35 @@ class ReFL(Algorithm):
 
 
 def denoising_loss(
-    policy, images: Tensor, prompts: list[str], generator: torch.Generator
+    policy,
+    images: Tensor,
+    prompts: list[str],
+    generator: torch.Generator,
+    snr_gamma: float | None = None,
 ) -> Tensor:
     """The pre-training objective on image-caption pairs (ε, v or velocity regression)."""
     x0 = policy.encode(images, generator)
-    return latent_denoising_loss(
-        policy, x0, policy.encode_prompt(prompts, guidance=False), generator
-    )
+    cond = policy.encode_prompt(prompts, guidance=False)
+    return latent_denoising_loss(policy, x0, cond, generator, snr_gamma=snr_gamma)
 
 
 def latent_denoising_loss(
-    policy, x0: Tensor, cond, generator: torch.Generator, guidance_scale: float = 1.0
+    policy,
+    x0: Tensor,
+    cond,
+    generator: torch.Generator,
+    guidance_scale: float = 1.0,
+    snr_gamma: float | None = None,
 ) -> Tensor:
     """The pre-training objective on latents ``x0`` with conditioning ``cond``: noise them
     at random training timesteps and regress the schedule's target (ε, v or velocity).
 
     ``guidance_scale`` ≠ 1 regresses the classifier-free-guided prediction (``cond``
-    encoded with its negative embeddings) instead of the conditional one."""
+    encoded with its negative embeddings) instead of the conditional one. ``snr_gamma``
+    weighs each timestep's error with min-SNR-γ (:meth:`TrainingNoise.loss_weight`)."""
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     noising = policy.noise_schedule()
-    x_t, t, target = noising.add_noise(x0, noise, noising.sample_indices(len(x0), generator))
-    return losses.denoising_loss(policy.predict(x_t, t, cond, guidance_scale), target)
+    index = noising.sample_indices(len(x0), generator)
+    x_t, t, target = noising.add_noise(x0, noise, index)
+    weight = None if snr_gamma is None else noising.loss_weight(index, snr_gamma)
+    return losses.denoising_loss(policy.predict(x_t, t, cond, guidance_scale), target, weight)
