@@ -33,6 +33,12 @@ class). ``sft_guidance: true`` regresses the guided prediction
 is fine-tuned is the one that samples (as DDPO trains with CFG). Off by default (the
 reference code fine-tunes the conditional model).
 
+``snr_gamma`` weighs the denoising loss per timestep with min-SNR-γ (Hang et al. 2023),
+the weighting of diffusers' training scripts' ``--snr_gamma``. Fine-tune with the weighting
+the model was pre-trained with (the world's model: γ = 5): plain MSE weighs the least noisy
+timesteps up to a few hundred times more than min-SNR-5 does (235× at t = 0 on the world's
+schedule), and on the model's own samples those are where the fit is worst.
+
 Optionally, each fine-tuning minibatch adds ``pretrain_weight`` × the denoising loss on
 image-caption pairs (``data.pretrain``, e.g. ``world:train``), as ReFL's regulariser
 does: fine-tuning only on the model's own samples can reinforce their flaws (e.g. blur);
