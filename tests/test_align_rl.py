@@ -3,6 +3,7 @@ the importance ratio on the first inner step, and exact resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -434,3 +435,22 @@ def test_ddpo_resumes_exactly(tmp_path) -> None:
     a, b = full.policy.trainable_state_dict(), resumed.policy.trainable_state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert full.algorithm.state_dict() == resumed.algorithm.state_dict()
+
+
+def test_raft_candidate_guidance_overrides_the_sampler_for_candidates_only(reward) -> None:
+    policy = DiffusionPolicy(tiny_pipeline("sd"), lora=LoraSpec(rank=2))
+    batch = PromptBatch(PROMPTS[:2])
+
+    def first(sample, **kw) -> tuple[float, dict]:
+        algo = RAFT(RAFTConfig(samples_per_prompt=2, save_kept=False, **kw), sample, [reward])
+        torch.manual_seed(0)
+        loss, stats = next(iter(algo.losses(policy, batch, torch.Generator().manual_seed(0))))
+        return loss.item(), stats
+
+    guided = dataclasses.replace(SAMPLE, guidance_scale=3.0)
+    unguided = dataclasses.replace(SAMPLE, guidance_scale=1.0)
+    assert first(guided, candidate_guidance=1.0) == first(unguided)  # same candidates, same loss
+    assert first(guided)[1]["reward"] != first(unguided)[1]["reward"]
+    with pytest.raises(ValueError, match="candidate_guidance"):
+        get_algorithm("raft").from_dict({"name": "raft", "candidate_guidance": 0.5}, SAMPLE,
+                                        [reward])  # fmt: skip

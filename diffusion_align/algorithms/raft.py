@@ -131,6 +131,7 @@ class RAFTConfig:
     min_reward: float | None = None  # drop kept samples scoring below this (None: keep all)
     sft_guidance: bool = False  # fit the CFG-guided prediction (the sampler), not the conditional
     snr_gamma: float | None = None  # min-SNR-γ weights on the denoising loss (None: plain MSE)
+    candidate_guidance: float | None = None  # CFG scale of the candidates (None: sample's)
 
 
 class RAFT(Algorithm):
@@ -149,17 +150,27 @@ class RAFT(Algorithm):
             raise ValueError(f"raft: alpha must be in (0, 1], got {c.alpha}")
         if c.pretrain_weight < 0:
             raise ValueError(f"raft: pretrain_weight must be ≥ 0, got {c.pretrain_weight}")
+        if c.candidate_guidance is not None and c.candidate_guidance < 1:
+            raise ValueError(
+                f"raft: candidate_guidance must be ≥ 1 or null, got {c.candidate_guidance}"
+            )
         if c.snr_gamma is not None and c.snr_gamma <= 0:
             raise ValueError(f"raft: snr_gamma must be > 0 or null, got {c.snr_gamma}")
 
+    @property
+    def candidate_guidance(self) -> float:
+        """The guidance scale the candidates are sampled with."""
+        w = self.config.candidate_guidance
+        return self.sample.guidance_scale if w is None else w
+
     @torch.no_grad()
     def _candidates(self, policy, prompts: list[str], generator: torch.Generator) -> Candidates:
-        s, k = self.sample, self.config.samples_per_prompt
+        s, k, w = self.sample, self.config.samples_per_prompt, self.candidate_guidance
         all_prompts = repeat_prompts(prompts, k)
-        cond = policy.encode_prompt(all_prompts, guidance=s.guidance_scale != 1.0,
+        cond = policy.encode_prompt(all_prompts, guidance=w != 1.0,
                                     height=s.height, width=s.width)  # fmt: skip
         x = policy.initial_noise(len(all_prompts), generator, s.height, s.width)
-        out = sample(policy, cond, self.schedule(policy), guidance_scale=s.guidance_scale,
+        out = sample(policy, cond, self.schedule(policy), guidance_scale=w,
                      latents=x, generator=generator,
                      return_trajectory=self.config.sft_on == "trajectory")  # fmt: skip
         images = policy.decode(out.latents)
@@ -181,7 +192,7 @@ class RAFT(Algorithm):
         sampler, per latent dimension, averaged over steps; one update per minibatch."""
         from diffusion_align.sampling import transition_log_prob
 
-        c, s = self.config, self.sample
+        c = self.config
         schedule = self.schedule(policy)
         if not schedule.stochastic:
             raise ValueError(
@@ -197,7 +208,7 @@ class RAFT(Algorithm):
                 x_t = traj[rows, i].to(policy.device)
                 x_prev = traj[rows, i + 1].to(policy.device)
                 out = transition_log_prob(policy, schedule, i, x_t, x_prev, sub,
-                                          s.guidance_scale)  # fmt: skip
+                                          self.candidate_guidance)  # fmt: skip
                 loss = -out.log_prob.mean() / (dims * steps)
                 if i == 0 and c.pretrain_weight > 0:
                     loss = loss + c.pretrain_weight * self._pretrain_loss(
