@@ -32,6 +32,7 @@ class). ``sft_guidance: true`` regresses the guided prediction
 ε_u + w(ε_c − ε_u), with the sampler's w, onto the kept samples' targets: the policy that
 is fine-tuned is the one that samples (as DDPO trains with CFG). Off by default (the
 reference code fine-tunes the conditional model).
+
 ``candidate_guidance: 1`` instead samples the candidates without guidance, from the
 conditional model itself, so that the kept set is a filtered copy of what the fitted
 prediction samples; galleries and evaluation keep ``sample.guidance_scale``. On the world,
