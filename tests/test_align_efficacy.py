@@ -96,3 +96,71 @@ def test_evaluate_cli_scores_base_and_saved_runs(tmp_path, capsys) -> None:
     assert [(r["model"], r["gold"]) for r in saved] == [(r["model"], r["gold"]) for r in rows]
     with pytest.raises(SystemExit):
         main(["--rewards", "gold"])
+
+
+def test_pool_seeds_by_hand() -> None:
+    from diffusion_align.efficacy import pool_seeds
+
+    before = {"gold": torch.zeros(4)}
+    afters = [
+        {"gold": torch.tensor([1.0, 2.0, 3.0, 4.0])},
+        {"gold": torch.tensor([2.0, 3.0, 4.0, 5.0])},
+    ]
+    p = pool_seeds(before, afters)["gold"]
+    assert p["per_seed"] == pytest.approx([2.5, 3.5])
+    # seed-averaged: the per-item mean after is [1.5, 2.5, 3.5, 4.5]
+    ref = paired_difference(before["gold"], torch.tensor([1.5, 2.5, 3.5, 4.5]))
+    assert p["difference"]["mean"] == pytest.approx(3.0)
+    assert p["difference"]["ci_low"] == pytest.approx(ref["ci_low"])
+    # between seeds: mean 3, sd sqrt(0.5), t(0.975, 1 dof) = 12.7062
+    half = 12.706205 * 0.5**0.5 / 2**0.5
+    assert p["between_seeds"]["ci_low"] == pytest.approx(3.0 - half, rel=1e-5)
+    assert p["between_seeds"]["ci_high"] == pytest.approx(3.0 + half, rel=1e-5)
+    # the sample-level interval excludes 0, the between-seed one does not: not significant
+    assert ref["significant"] and p["between_seeds"]["ci_low"] < 0 and not p["significant"]
+    # three consistent seeds: both intervals above 0
+    afters.append({"gold": torch.tensor([1.5, 2.5, 3.5, 4.5])})
+    pooled = pool_seeds(before, afters)
+    assert pooled["gold"]["significant"] and pooled["gold_raised"] and pooled["seeds"] == 3
+    with pytest.raises(ValueError, match="at least 2"):
+        pool_seeds(before, afters[:1])
+    with pytest.raises(ValueError, match="gold: 3 items after, 4 before"):
+        pool_seeds(before, [{"gold": torch.zeros(3)}] * 2)
+
+
+def test_training_seeds_are_pooled_in_one_run_and_across_folders(tmp_path, monkeypatch) -> None:
+    from diffusion_align.efficacy import main, pool_runs
+
+    monkeypatch.chdir(tmp_path)
+    overrides = [
+        "model.pretrained=tiny:sd",
+        "reward=colorfulness.hasler",
+        "data.prompts=[a red seven, a blue one]",
+        "data.pretrain=null",
+        "eval.rewards={}",
+        "sample.num_steps=2",
+        "algorithm.stop_range=[1, 1]",
+        "train.batch_size=2",
+        "train.gallery_prompts=0",
+    ]
+    kw = dict(steps=1, samples=4, model="tiny:sd", prompts=["a red seven", "a blue one"],
+              rewards={"gold": "sharpness.laplacian", "proxy": "colorfulness.hasler"})  # fmt: skip
+    res = run("both", ["refl"], overrides=overrides, train_seeds=[0, 1], **kw)
+    assert list(res["algorithms"]) == ["refl.seed0", "refl.seed1"]
+    assert [r["train_seed"] for r in res["algorithms"].values()] == [0, 1]
+    pooled = res["pooled"]["refl"]
+    per_seed = [r["gold"]["difference"]["mean"] for r in res["algorithms"].values()]
+    assert pooled["gold"]["per_seed"] == pytest.approx(per_seed)
+    assert pooled["train_seeds"] == [0, 1]
+    assert "Pooled over training seeds" in (tmp_path / "both" / "report.html").read_text()
+    # the same seeds run in two folders pool to the same figures
+    run("s0", ["refl"], overrides=[*overrides, "train.seed=0"], **kw)
+    run("s1", ["refl"], overrides=[*overrides, "train.seed=1"], **kw)
+    across = pool_runs(["s0", "s1"])["refl"]
+    assert across["gold"]["per_seed"] == pytest.approx(per_seed)
+    assert main(["--pool", "s0", "s1", "--out", "pooled"]) == 0
+    assert json.loads((tmp_path / "pooled" / "pooled.json").read_text())["refl"]["seeds"] == 2
+    # runs of different recipes are not pooled as seeds
+    run("lr", ["refl"], overrides=[*overrides, "train.seed=2", "train.lr=1e-3"], **kw)
+    with pytest.raises(ValueError, match="differ in more than train.seed"):
+        pool_runs(["s0", "lr"])
