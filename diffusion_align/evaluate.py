@@ -187,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``python -m diffusion_align.evaluate runs/x/raft/final runs/y/ddpo/final`` evaluates
     the base model (``--model``) and each LoRA directory with the same start noise, as the
     efficacy runner does, and prints one JSON line per model (``--json`` also writes them).
+    ``--best-of K`` draws each item K times and also reports the means of the best draw per
+    item by the first reward (``best_of_K/<column>``): what a best-of-K (RAFT) kept set
+    looks like next to the samples it was chosen from; ``--eta`` sets the sampler's η.
     """
     import argparse
     import json
@@ -205,10 +208,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated name=registry-entry pairs")  # fmt: skip
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM η (1: stochastic)")
+    parser.add_argument("--best-of", type=int, default=1, metavar="K",
+                        help="draw each item K times; also report the best draw's means")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
+    if args.best_of < 1:
+        parser.error(f"--best-of: expected K ≥ 1, got {args.best_of}")
     if args.threads:
         torch.set_num_threads(args.threads)
     rewards = {}
@@ -218,14 +226,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--rewards: expected name=entry, got {item!r}")
         rewards[name.strip()] = load(entry.strip())
     prompts = read_prompts(args.prompts)
-    cfg = SampleConfig(num_steps=args.steps, guidance_scale=args.guidance, eta=0.0)
+    best_of = args.best_of
+    items = [prompts[i % len(prompts)] for i in range(args.samples) for _ in range(best_of)]
+    cfg = SampleConfig(num_steps=args.steps, guidance_scale=args.guidance, eta=args.eta)
     results = []
     for run in [None, *args.runs]:
         t0 = time.time()
         policy = DiffusionPolicy.from_pretrained(args.model, lora_weights=run)
-        res = evaluate_policy(policy, prompts, rewards, cfg, args.samples, seed=args.seed)
+        res = evaluate_policy(policy, items, rewards, cfg, len(items), seed=args.seed)
         row = {"model": run or args.model, "samples": args.samples, "prompts": args.prompts}
         row.update({k: round(v.double().mean().item(), 6) for k, v in res.scores.items()})
+        if best_of > 1:
+            first = res.scores[next(iter(rewards))].view(-1, best_of)
+            best = first.argmax(1) + torch.arange(len(first)) * best_of
+            row.update({f"best_of_{best_of}/{c}": round(v[best].double().mean().item(), 6)
+                        for c, v in res.scores.items()})  # fmt: skip
         row["diversity"], row["seconds"] = res.diversity, round(time.time() - t0, 1)
         results.append(row)
         print(json.dumps(row), flush=True)

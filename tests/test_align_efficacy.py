@@ -98,6 +98,35 @@ def test_evaluate_cli_scores_base_and_saved_runs(tmp_path, capsys) -> None:
         main(["--rewards", "gold"])
 
 
+def test_evaluate_cli_best_of_k_reports_the_best_draw_per_item(capsys) -> None:
+    import mmreward
+    from diffusion_align.config import SampleConfig
+    from diffusion_align.evaluate import evaluate_policy, main
+    from diffusion_align.policy import DiffusionPolicy
+
+    argv = ["--model", "tiny:sd", "--samples", "3", "--steps", "2", "--best-of", "2",
+            "--eta", "1.0", "--prompts", "world:test"]  # fmt: skip
+    assert main(argv) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    # by hand: each of the 3 items drawn twice (consecutive), the better draw by gold kept
+    from diffusion_align.data import read_prompts
+
+    prompts = read_prompts("world:test")
+    items = [prompts[i] for i in range(3) for _ in range(2)]
+    res = evaluate_policy(DiffusionPolicy.from_pretrained("tiny:sd"), items,
+                          {"gold": mmreward.load("gold.world")},
+                          SampleConfig(num_steps=2, guidance_scale=3.0, eta=1.0), 6, seed=1234)  # fmt: skip
+    gold = res.scores["gold"].view(3, 2)
+    best = gold.argmax(1) + torch.tensor([0, 2, 4])
+    assert row["gold"] == pytest.approx(gold.mean().item(), abs=1e-6)
+    assert row["best_of_2/gold"] == pytest.approx(gold.max(1).values.mean().item(), abs=1e-6)
+    assert row["best_of_2/gold/digit"] == pytest.approx(
+        res.scores["gold/digit"][best].mean().item(), abs=1e-6
+    )
+    with pytest.raises(SystemExit):
+        main(["--best-of", "0"])
+
+
 def test_pool_seeds_by_hand() -> None:
     from diffusion_align.efficacy import pool_seeds
 
