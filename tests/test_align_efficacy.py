@@ -193,3 +193,19 @@ def test_training_seeds_are_pooled_in_one_run_and_across_folders(tmp_path, monke
     run("lr", ["refl"], overrides=[*overrides, "train.seed=2", "train.lr=1e-3"], **kw)
     with pytest.raises(ValueError, match="differ in more than train.seed"):
         pool_runs(["s0", "lr"])
+
+
+def test_sft_probe_fine_tunes_fresh_adapters_on_a_fixed_set() -> None:
+    from diffusion_align.data import read_prompts
+    from diffusion_align.sft_probe import fixed_set, run
+
+    prompts = read_prompts("world:test")[:2]
+    res = run(model="tiny:sd", data="best-of-3", n=2, steps=2, lr=1e-2, batch_size=2,
+              lora_rank=2, samples=2, guidances=(1.0,), prompts=prompts)  # fmt: skip
+    kept, every = res["set"]["kept"], res["set"]["all"]
+    assert kept["gold"] >= every["gold"] and set(kept) == set(every)
+    assert res["before"]["cfg 1"]["gold"] != res["after"]["cfg 1"]["gold"]  # the adapters moved
+    with pytest.raises(ValueError, match="best-of-K"):
+        fixed_set(None, "best-of-0", prompts, 2, {})
+    images, texts, summary = fixed_set(None, "renders", prompts, 3, {})
+    assert images.shape[0] == 3 and len(texts) == 3 and summary == {"data": "renders", "n": 3}
