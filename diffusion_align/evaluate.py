@@ -121,22 +121,30 @@ def evaluate_policy(
     contributes ``"<name>/<sub-score>"`` columns, so a before/after comparison shows which
     part of the reward moved.
     """
-    from mmreward.interface import RewardInput
-
     cycled = [prompts[i % len(prompts)] for i in range(n_samples)]
     images = generate(policy, cycled, sample_cfg, seed, batch_size)
+    scores = score_images(images, cycled, rewards, batch_size)
+    return EvalResult(cycled, scores, images, diversity(images, cycled))
+
+
+def score_images(
+    images: Tensor, prompts: Sequence[str], rewards: Mapping[str, Any], batch_size: int = 32
+) -> dict[str, Tensor]:
+    """Every reward's ``(N,)`` scores of ``images`` and its sub-scores (``"<name>/<sub>"``)."""
+    from mmreward.interface import RewardInput
+
     scores: dict[str, Tensor] = {}
     for name, r in rewards.items():
         cols: dict[str, list[Tensor]] = {}
-        for i in range(0, n_samples, batch_size):
+        for i in range(0, len(images), batch_size):
             batch = images[i : i + batch_size].to(r.device, r.dtype)
             with torch.no_grad():
-                out = r(RewardInput(prompts=list(cycled[i : i + batch_size]), images=batch))
+                out = r(RewardInput(prompts=list(prompts[i : i + batch_size]), images=batch))
             cols.setdefault(name, []).append(out.scores.float().cpu())
             for sub, v in (out.sub_scores or {}).items():
                 cols.setdefault(f"{name}/{sub}", []).append(v.float().cpu())
         scores.update({key: torch.cat(parts) for key, parts in cols.items()})
-    return EvalResult(cycled, scores, images, diversity(images, cycled))
+    return scores
 
 
 @torch.no_grad()

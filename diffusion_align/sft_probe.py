@@ -41,26 +41,36 @@ def fixed_set(
     seed: int = 0,
 ) -> tuple[Tensor, list[str], dict[str, Any]]:
     """``(images, prompts, summary)`` of ``n`` training items: world renders (``renders``)
-    or the best of K unguided DDIM samples per prompt by the first reward (``best-of-K``)."""
-    from diffusion_align.config import SampleConfig
-    from diffusion_align.evaluate import evaluate_policy
+    or the best of K unguided DDIM samples per prompt by the first reward (``best-of-K``).
 
+    With rewards, the summary has the set's scores (``kept``; for ``best-of-K`` also
+    ``all``, the samples it was chosen from) and those of the set after a VAE round trip
+    (``round_trip``: encoded as the loss sees it, then decoded)."""
+    from diffusion_align.config import SampleConfig
+    from diffusion_align.evaluate import evaluate_policy, score_images
+
+    summary: dict[str, Any] = {"data": data, "n": n}
     if data == "renders":
         from mmreward.world.data import sample_world
 
         world = sample_world(n, digits="train", prompts="train", seed=seed + 77)
-        return world.images, list(world.prompts), {"data": data, "n": n}
-    match = re.fullmatch(r"best-of-(\d+)", data)
-    if match is None or int(match.group(1)) < 1:
-        raise ValueError(f"data: expected 'renders' or 'best-of-K' (K ≥ 1), got {data!r}")
-    k = int(match.group(1))
-    items = [prompts[i % len(prompts)] for i in range(n) for _ in range(k)]
-    res = evaluate_policy(policy, items, rewards, SampleConfig(num_steps=20, guidance_scale=1.0),
-                          len(items), seed=seed + 5)  # fmt: skip
-    first = res.scores[next(iter(rewards))].view(n, k)
-    best = first.argmax(1) + torch.arange(n) * k
-    summary = {"data": data, "n": n, "all": _means(res.scores), "kept": _means(res.scores, best)}
-    return res.images[best], [items[i] for i in best.tolist()], summary
+        images, texts = world.images, list(world.prompts)
+    else:
+        match = re.fullmatch(r"best-of-(\d+)", data)
+        if match is None or int(match.group(1)) < 1:
+            raise ValueError(f"data: expected 'renders' or 'best-of-K' (K ≥ 1), got {data!r}")
+        k = int(match.group(1))
+        items = [prompts[i % len(prompts)] for i in range(n) for _ in range(k)]
+        res = evaluate_policy(policy, items, rewards, SampleConfig(num_steps=20, guidance_scale=1.0),
+                              len(items), seed=seed + 5)  # fmt: skip
+        best = res.scores[next(iter(rewards))].view(n, k).argmax(1) + torch.arange(n) * k
+        images, texts = res.images[best], [items[i] for i in best.tolist()]
+        summary["all"] = _means(res.scores)
+    if rewards:
+        trip = policy.decode(policy.encode(images, torch.Generator().manual_seed(seed))).cpu()
+        summary["kept"] = _means(score_images(images, texts, rewards))
+        summary["round_trip"] = _means(score_images(trip.clamp(0, 1), texts, rewards))
+    return images, texts, summary
 
 
 def fine_tune(

@@ -203,7 +203,9 @@ def test_sft_probe_fine_tunes_fresh_adapters_on_a_fixed_set() -> None:
     res = run(model="tiny:sd", data="best-of-3", n=2, steps=2, lr=1e-2, batch_size=2,
               lora_rank=2, samples=2, guidances=(1.0,), prompts=prompts)  # fmt: skip
     kept, every = res["set"]["kept"], res["set"]["all"]
-    assert kept["gold"] >= every["gold"] and set(kept) == set(every)
+    assert kept["gold"] >= every["gold"] and set(kept) == set(every) == set(
+        res["set"]["round_trip"]
+    )
     assert res["before"]["cfg 1"]["gold"] != res["after"]["cfg 1"]["gold"]  # the adapters moved
     with pytest.raises(ValueError, match="best-of-K"):
         fixed_set(None, "best-of-0", prompts, 2, {})
