@@ -13,6 +13,21 @@ from diffusion_align.evaluate import diversity, mean_ci, paired_difference
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def tiny_refl(num_steps: int, stop_range: str, gallery_prompts: int) -> list[str]:
+    """Overrides that run the ReFL world recipe on the tiny pipeline with stand-in rewards."""
+    return [
+        "model.pretrained=tiny:sd",
+        "reward=colorfulness.hasler",
+        "data.prompts=[a red seven, a blue one]",
+        "data.pretrain=null",
+        "eval.rewards={}",
+        f"sample.num_steps={num_steps}",
+        f"algorithm.stop_range={stop_range}",
+        "train.batch_size=2",
+        f"train.gallery_prompts={gallery_prompts}",
+    ]
+
+
 def test_statistics_by_hand() -> None:
     ci = mean_ci(torch.tensor([1.0, 2.0, 3.0, 4.0]))
     se = (5 / 3) ** 0.5 / 2  # sample std sqrt(5/3), n = 4
@@ -26,17 +41,7 @@ def test_statistics_by_hand() -> None:
 
 def test_efficacy_run_writes_json_and_report(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # a relative output folder, as the CLI passes it
-    overrides = [
-        "model.pretrained=tiny:sd",
-        "reward=colorfulness.hasler",
-        "data.prompts=[a red seven, a blue one]",
-        "data.pretrain=null",
-        "eval.rewards={}",
-        "sample.num_steps=3",
-        "algorithm.stop_range=[1, 2]",
-        "train.batch_size=2",
-        "train.gallery_prompts=2",
-    ]
+    overrides = tiny_refl(num_steps=3, stop_range="[1, 2]", gallery_prompts=2)
     rewards = {"gold": "sharpness.laplacian", "proxy": "colorfulness.hasler"}
     results = run("eff", ["refl"], steps=2, samples=4, model="tiny:sd", rewards=rewards,
                   prompts=["a red seven", "a blue one"], overrides=overrides,
@@ -161,17 +166,7 @@ def test_training_seeds_are_pooled_in_one_run_and_across_folders(tmp_path, monke
     from diffusion_align.efficacy import main, pool_runs
 
     monkeypatch.chdir(tmp_path)
-    overrides = [
-        "model.pretrained=tiny:sd",
-        "reward=colorfulness.hasler",
-        "data.prompts=[a red seven, a blue one]",
-        "data.pretrain=null",
-        "eval.rewards={}",
-        "sample.num_steps=2",
-        "algorithm.stop_range=[1, 1]",
-        "train.batch_size=2",
-        "train.gallery_prompts=0",
-    ]
+    overrides = tiny_refl(num_steps=2, stop_range="[1, 1]", gallery_prompts=0)
     kw = dict(steps=1, samples=4, model="tiny:sd", prompts=["a red seven", "a blue one"],
               rewards={"gold": "sharpness.laplacian", "proxy": "colorfulness.hasler"})  # fmt: skip
     res = run("both", ["refl"], overrides=overrides, train_seeds=[0, 1], **kw)
