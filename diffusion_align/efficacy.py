@@ -164,9 +164,10 @@ def run_algorithm(
     """Train one world recipe, evaluate it on the held-out prompts, compare with ``before``.
 
     ``train_reward`` replaces the recipe's training reward and ``train_seed`` its
-    ``train.seed``; the run's folder is ``out / label`` (default: the algorithm's name). ``kl_samples`` > 0 also estimates
-    the trained model's path KL to the base model
+    ``train.seed``; the run's folder is ``out / label`` (default: the algorithm's name).
+    ``kl_samples`` > 0 also estimates the trained model's path KL to the base model
     (:func:`~diffusion_align.evaluate.trajectory_kl`, DDIM η = 1) on that many samples.
+    The per-sample scores after training are written to ``out / label / SCORES_FILE``.
     """
     from diffusion_align.cli import build_trainer, load_config
 
@@ -512,7 +513,8 @@ def _print_pooled(pooled: dict[str, Any], out: Path | None) -> int:
         d, b = g["difference"], g["between_seeds"]
         print(f"{label:10s} {p['seeds']} seeds  gold Δ {d['mean']:+.4f} "
               f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]  between seeds "
-              f"[{b['ci_low']:+.4f}, {b['ci_high']:+.4f}]  raised={p.get('gold_raised')}")  # fmt: skip
+              f"[{b['ci_low']:+.4f}, {b['ci_high']:+.4f}]  "
+              f"raised={p.get('gold_raised')}")  # fmt: skip
     if out is not None:
         from mmreward.report import write_gallery_html, write_json
 

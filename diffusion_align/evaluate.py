@@ -218,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM η (1: stochastic)")
     parser.add_argument("--best-of", type=int, default=1, metavar="K",
-                        help="draw each item K times; also report the best draw's means")  # fmt: skip
+                        help="draw each item K times; also report the best draw's "
+                        "means")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="write the results here")

@@ -61,8 +61,8 @@ def fixed_set(
             raise ValueError(f"data: expected 'renders' or 'best-of-K' (K ≥ 1), got {data!r}")
         k = int(match.group(1))
         items = [prompts[i % len(prompts)] for i in range(n) for _ in range(k)]
-        res = evaluate_policy(policy, items, rewards, SampleConfig(num_steps=20, guidance_scale=1.0),
-                              len(items), seed=seed + 5)  # fmt: skip
+        unguided = SampleConfig(num_steps=20, guidance_scale=1.0)
+        res = evaluate_policy(policy, items, rewards, unguided, len(items), seed=seed + 5)
         best = res.scores[next(iter(rewards))].view(n, k).argmax(1) + torch.arange(n) * k
         images, texts = res.images[best], [items[i] for i in best.tolist()]
         summary["all"] = _means(res.scores)
