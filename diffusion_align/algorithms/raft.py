@@ -38,6 +38,11 @@ conditional model itself, so that the kept set is a filtered copy of what the fi
 prediction samples; galleries and evaluation keep ``sample.guidance_scale``. On the world,
 this with ``sft_on: images`` turns the digit loss into a gain.
 
+RAFT improves a model only as far as supervised fine-tuning on better images does. On the
+built-in world it does not: fine-tuning on the world's own renders leaves the samples as
+they were (``python -m diffusion_align.sft_probe``), and RAFT's gold gain there is within
+the spread between training seeds.
+
 ``snr_gamma`` weighs the denoising loss per timestep with min-SNR-γ (Hang et al. 2023),
 the weighting of diffusers' training scripts' ``--snr_gamma``. Fine-tune with the weighting
 the model was pre-trained with (the world's model: γ = 5): plain MSE weighs the least noisy
