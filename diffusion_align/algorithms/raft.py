@@ -38,10 +38,11 @@ conditional model itself, so that the kept set is a filtered copy of what the fi
 prediction samples; galleries and evaluation keep ``sample.guidance_scale``. On the world,
 this with ``sft_on: images`` turns the digit loss into a gain.
 
-RAFT improves a model only as far as supervised fine-tuning on better images does. On the
-built-in world it does not: fine-tuning on the world's own renders leaves the samples as
-they were (``python -m diffusion_align.sft_probe``), and RAFT's gold gain there is within
-the spread between training seeds.
+Fitting kept images (``sft_on: latents`` or ``images``) improves a model only as far as
+supervised fine-tuning on better images does. On the built-in world that is not at all:
+fine-tuning on the world's own renders leaves the samples as they were (``python -m
+diffusion_align.sft_probe``). Fitting the kept trajectories there varies more between
+training seeds than it gains (see the README).
 
 ``snr_gamma`` weighs the denoising loss per timestep with min-SNR-γ (Hang et al. 2023),
 the weighting of diffusers' training scripts' ``--snr_gamma``. Fine-tune with the weighting
