@@ -67,7 +67,9 @@ def fixed_set(
         images, texts = res.images[best], [items[i] for i in best.tolist()]
         summary["all"] = _means(res.scores)
     if rewards:
-        trip = policy.decode(policy.encode(images, torch.Generator().manual_seed(seed))).cpu()
+        g = torch.Generator().manual_seed(seed)
+        trip = torch.cat([policy.decode(policy.encode(images[i : i + 32], g)).cpu()
+                          for i in range(0, len(images), 32)])  # fmt: skip
         summary["kept"] = _means(score_images(images, texts, rewards))
         summary["round_trip"] = _means(score_images(trip.clamp(0, 1), texts, rewards))
     return images, texts, summary
