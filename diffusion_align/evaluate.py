@@ -203,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
     import time
 
+    from diffusion_align.algorithms.ddpo import repeat_prompts
+    from diffusion_align.algorithms.raft import select_kept
     from diffusion_align.data import read_prompts
     from diffusion_align.policy import DiffusionPolicy
     from mmreward.registry import load
@@ -236,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rewards[name.strip()] = load(entry.strip())
     prompts = read_prompts(args.prompts)
     best_of = args.best_of
-    items = [prompts[i % len(prompts)] for i in range(args.samples) for _ in range(best_of)]
+    cycled = [prompts[i % len(prompts)] for i in range(args.samples)]
+    items = repeat_prompts(cycled, best_of)
     cfg = SampleConfig(num_steps=args.steps, guidance_scale=args.guidance, eta=args.eta)
     results = []
     for run in [None, *args.runs]:
@@ -246,8 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = {"model": run or args.model, "samples": args.samples, "prompts": args.prompts}
         row.update({k: round(v.double().mean().item(), 6) for k, v in res.scores.items()})
         if best_of > 1:
-            first = res.scores[next(iter(rewards))].view(-1, best_of)
-            best = first.argmax(1) + torch.arange(len(first)) * best_of
+            best = select_kept(res.scores[next(iter(rewards))], best_of)
             row.update({f"best_of_{best_of}/{c}": round(v[best].double().mean().item(), 6)
                         for c, v in res.scores.items()})  # fmt: skip
         row["diversity"], row["seconds"] = res.diversity, round(time.time() - t0, 1)

@@ -46,6 +46,8 @@ def fixed_set(
     With rewards, the summary has the set's scores (``kept``; for ``best-of-K`` also
     ``all``, the samples it was chosen from) and those of the set after a VAE round trip
     (``round_trip``: encoded as the loss sees it, then decoded)."""
+    from diffusion_align.algorithms.ddpo import repeat_prompts
+    from diffusion_align.algorithms.raft import select_kept
     from diffusion_align.config import SampleConfig
     from diffusion_align.evaluate import evaluate_policy, score_images
 
@@ -60,10 +62,10 @@ def fixed_set(
         if match is None or int(match.group(1)) < 1:
             raise ValueError(f"data: expected 'renders' or 'best-of-K' (K ≥ 1), got {data!r}")
         k = int(match.group(1))
-        items = [prompts[i % len(prompts)] for i in range(n) for _ in range(k)]
+        items = repeat_prompts([prompts[i % len(prompts)] for i in range(n)], k)
         unguided = SampleConfig(num_steps=20, guidance_scale=1.0)
         res = evaluate_policy(policy, items, rewards, unguided, len(items), seed=seed + 5)
-        best = res.scores[next(iter(rewards))].view(n, k).argmax(1) + torch.arange(n) * k
+        best = select_kept(res.scores[next(iter(rewards))], k)  # RAFT's local best-of-K
         images, texts = res.images[best], [items[i] for i in best.tolist()]
         summary["all"] = _means(res.scores)
     if rewards:
